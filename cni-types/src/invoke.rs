@@ -1,0 +1,235 @@
+//! Running a plugin binary: how a plugin delegates to its IPAM plugin, and how
+//! a runtime (`cni-run`) runs a chain. Same binary search, environment and
+//! decoding of the reply in both cases.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use serde_json::Value;
+
+use crate::env::{Command, Env};
+use crate::error::{CniError, Code};
+use crate::result::CniResult;
+use crate::version::Version;
+
+/// The CNI environment of one plugin invocation.
+#[derive(Debug, Clone, Default)]
+pub struct InvokeEnv {
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    /// `CNI_ARGS` as the runtime wrote it.
+    pub args: String,
+    pub path: Vec<PathBuf>,
+}
+
+impl InvokeEnv {
+    /// The environment a plugin was given, to hand on to its delegate.
+    pub fn from_env(env: &Env) -> Self {
+        InvokeEnv {
+            container_id: env.container_id.clone(),
+            netns: env.netns.clone(),
+            ifname: env.ifname.clone(),
+            args: env
+                .args
+                .pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            path: env.path.clone(),
+        }
+    }
+}
+
+/// Find `name` in the `CNI_PATH` directories.
+pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(CniError::invalid_config(format!(
+            "invalid plugin type {name:?}"
+        )));
+    }
+    if path.is_empty() {
+        return Err(CniError::invalid_env(format!(
+            "CNI_PATH is not set, so plugin {name:?} cannot be found"
+        )));
+    }
+    path.iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::invalid_config(format!("failed to find plugin {name:?}")).with_details(
+                format!(
+                    "searched {}",
+                    path.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+            )
+        })
+}
+
+/// Run `binary` with `command`, the given environment and `stdin`. Inherited
+/// `CNI_*` variables are replaced so that nothing leaks from our own call.
+/// Returns stdout on success, or the plugin's CNI error.
+pub fn exec(
+    binary: &Path,
+    command: Command,
+    env: &InvokeEnv,
+    stdin: &[u8],
+) -> Result<Vec<u8>, CniError> {
+    let mut p = Process::new(binary);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CNI_") {
+            p.env_remove(k);
+        }
+    }
+    p.env("CNI_COMMAND", command.as_str());
+    if command.is_per_attachment() {
+        p.env("CNI_CONTAINERID", &env.container_id)
+            .env("CNI_IFNAME", &env.ifname)
+            .env("CNI_NETNS", env.netns.as_deref().unwrap_or(Path::new("")))
+            .env("CNI_ARGS", &env.args);
+    }
+    if let Ok(joined) = std::env::join_paths(&env.path) {
+        p.env("CNI_PATH", joined);
+    }
+    let name = binary.display();
+    let mut child = p
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CniError::io(format!("cannot run plugin {name}: {e}")))?;
+    // A plugin may exit without reading stdin; a broken pipe then is not our error.
+    let _ = child.stdin.take().expect("piped").write_all(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::io(format!("cannot wait for plugin {name}: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.trim().is_empty() {
+        // Keep the delegate's diagnostics where the runtime collects ours.
+        eprint!("{stderr}");
+    }
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    Err(
+        serde_json::from_slice::<CniError>(&out.stdout).unwrap_or_else(|_| {
+            CniError::new(
+                Code::INTERNAL,
+                format!("plugin {name} failed ({})", out.status),
+            )
+            .with_details(format!(
+                "stdout: {}; stderr: {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                stderr.trim()
+            ))
+        }),
+    )
+}
+
+/// Decode an ADD reply, in whatever version the plugin wrote it.
+pub fn decode_result(stdout: &[u8], expected: Version) -> Result<CniResult, CniError> {
+    let v: Value = serde_json::from_slice(stdout)
+        .map_err(|e| CniError::new(Code::DECODE, format!("cannot decode plugin result: {e}")))?;
+    CniResult::from_value(&v, expected)
+}
+
+/// Delegate `command` to the IPAM plugin `ipam_type` with the config we were
+/// given, as the reference plugins do. ADD returns the IPAM result.
+pub fn delegate(
+    ipam_type: &str,
+    command: Command,
+    env: &Env,
+    stdin: &[u8],
+    version: Version,
+) -> Result<Option<CniResult>, CniError> {
+    let binary = find_plugin(ipam_type, &env.path)?;
+    let out = exec(&binary, command, &InvokeEnv::from_env(env), stdin)?;
+    match command {
+        Command::Add => decode_result(&out, version).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cni-types-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn finds_plugins_on_the_path() {
+        let d = tempdir("find");
+        script(&d, "ipam", "true");
+        assert_eq!(
+            find_plugin("ipam", &[PathBuf::from("/nonexistent"), d.clone()]).unwrap(),
+            d.join("ipam")
+        );
+        assert_eq!(
+            find_plugin("nope", std::slice::from_ref(&d))
+                .unwrap_err()
+                .code,
+            Code::INVALID_CONFIG
+        );
+        assert_eq!(
+            find_plugin("../x", std::slice::from_ref(&d))
+                .unwrap_err()
+                .code,
+            Code::INVALID_CONFIG
+        );
+        assert_eq!(
+            find_plugin("ipam", &[]).unwrap_err().code,
+            Code::INVALID_ENV
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn passes_env_and_stdin_and_decodes_replies() {
+        let d = tempdir("exec");
+        let ok = script(
+            &d,
+            "ok",
+            r#"read conf; printf '{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.9.0.%s/24"}]}' "$CNI_IFNAME""#,
+        );
+        let env = InvokeEnv {
+            container_id: "c".into(),
+            ifname: "7".into(),
+            ..Default::default()
+        };
+        let out = exec(&ok, Command::Add, &env, b"{}\n").unwrap();
+        let r = decode_result(&out, Version::V1_0_0).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.9.0.7/24");
+
+        let err = script(
+            &d,
+            "err",
+            r#"echo '{"code":11,"msg":"busy","details":"x"}'; exit 1"#,
+        );
+        let e = exec(&err, Command::Del, &env, b"{}").unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (Code::TRY_AGAIN_LATER, "busy"));
+
+        let crash = script(&d, "crash", "echo garbage; exit 3");
+        assert_eq!(
+            exec(&crash, Command::Del, &env, b"{}").unwrap_err().code,
+            Code::INTERNAL
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
