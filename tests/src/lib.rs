@@ -1,1 +1,330 @@
+//! Test harness: throwaway network namespaces that remove themselves on drop
+//! (also when a test fails or panics), running the real plugin binaries with
+//! a CNI environment, and kernel state read back as JSON.
+//!
+//! Everything a test creates lives inside namespaces it made; nothing touches
+//! the machine's root network namespace.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// A name unique to this process and call, short enough for a link name
+/// (15 bytes) when `prefix` is at most 4 bytes.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id())
+}
+
+/// Run a command; panic with its output if it cannot start.
+pub fn cmd(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Run a command that must succeed.
+pub fn must(program: &str, args: &[&str]) -> String {
+    let out = cmd(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace under /run/netns, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("cnirs-{tag}-{}", unique(""));
+        must("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// `ip -n NS -j ARGS...`, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-n", &self.name, "-j"];
+        full.extend_from_slice(args);
+        let out = must("ip", &full);
+        if out.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {full:?}: {e}: {out}"))
+        }
+    }
+
+    /// `ip -n NS ARGS...`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        must("ip", &full);
+    }
+
+    /// The flags of a link, e.g. `["LOOPBACK", "UP", "LOWER_UP"]`.
+    pub fn link_flags(&self, link: &str) -> Vec<String> {
+        let v = self.ip_json(&["link", "show", "dev", link]);
+        v[0]["flags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Addresses on a link as `addr/prefix` strings.
+    pub fn addrs(&self, link: &str) -> Vec<String> {
+        let v = self.ip_json(&["addr", "show", "dev", link]);
+        v[0]["addr_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every link name in the namespace.
+    pub fn link_names(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = cmd("ip", &["netns", "del", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: cannot delete netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("cnirs-{tag}-{}", unique("")));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where the workspace's binaries are: `CNIRS_BIN_DIR`, else the target
+/// directory this test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CNIRS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// The path of a workspace binary, which must have been built
+/// (`cargo build --workspace --bins`, done by `make test`).
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+/// The four plugin binaries.
+pub const PLUGINS: [&str; 4] = ["loopback", "bridge", "host-local", "portmap"];
+
+/// One plugin invocation, built up then run.
+#[derive(Clone)]
+pub struct Call {
+    bin: PathBuf,
+    vars: Vec<(String, String)>,
+    stdin: Vec<u8>,
+}
+
+impl Call {
+    /// `command` with a valid container id and interface name, no netns.
+    pub fn new(plugin: &str, command: &str) -> Call {
+        Call {
+            bin: binary(plugin),
+            vars: vec![
+                ("CNI_COMMAND".into(), command.into()),
+                ("CNI_CONTAINERID".into(), "ctr-1".into()),
+                ("CNI_IFNAME".into(), "eth0".into()),
+                ("CNI_PATH".into(), bin_dir().display().to_string()),
+            ],
+            stdin: Vec::new(),
+        }
+    }
+
+    /// Set (or with `None`, unset) one variable.
+    pub fn var(mut self, key: &str, value: Option<&str>) -> Call {
+        self.vars.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.vars.push((key.into(), v.into()));
+        }
+        self
+    }
+
+    pub fn netns(self, ns: &Netns) -> Call {
+        let p = ns.path_str();
+        self.var("CNI_NETNS", Some(&p))
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Call {
+        self.stdin = bytes.into();
+        self
+    }
+
+    pub fn conf(self, conf: &Value) -> Call {
+        self.stdin(conf.to_string())
+    }
+
+    pub fn run(&self) -> Reply {
+        let mut p = Command::new(&self.bin);
+        p.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in &self.vars {
+            p.env(k, v);
+        }
+        let mut child = p
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        let _ = child.stdin.take().unwrap().write_all(&self.stdin);
+        Reply(child.wait_with_output().unwrap())
+    }
+}
+
+/// What a plugin printed and how it exited.
+pub struct Reply(pub Output);
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        self.0.status.success()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// stdout as JSON; panics if it is anything else.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.0.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}; stderr: {}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+
+    /// Assert success and return the result JSON.
+    pub fn success(&self) -> Value {
+        assert!(
+            self.ok(),
+            "plugin failed: stdout {} stderr {}",
+            self.stdout(),
+            self.stderr()
+        );
+        if self.0.stdout.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Assert success with nothing on stdout (DEL, CHECK, GC, STATUS).
+    pub fn silent_success(&self) {
+        assert!(
+            self.ok(),
+            "plugin failed: stdout {} stderr {}",
+            self.stdout(),
+            self.stderr()
+        );
+        assert!(
+            self.0.stdout.is_empty(),
+            "unexpected stdout: {}",
+            self.stdout()
+        );
+    }
+
+    /// Assert a spec-shaped error with `code` (non-zero exit, stdout exactly the
+    /// error object, no panic) and return it.
+    pub fn error(&self, code: u64) -> Value {
+        assert!(
+            !self.ok(),
+            "expected error {code}, got success: {}",
+            self.stdout()
+        );
+        let v = self.json();
+        let obj = v.as_object().expect("error is an object");
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["cniVersion", "code", "details", "msg"],
+            "error shape: {v}"
+        );
+        assert_eq!(
+            v["code"],
+            code,
+            "wrong code: {v}; stderr: {}",
+            self.stderr()
+        );
+        assert!(!v["msg"].as_str().unwrap().is_empty());
+        assert!(
+            !self.stderr().contains("panicked"),
+            "plugin panicked: {}",
+            self.stderr()
+        );
+        v
+    }
+}

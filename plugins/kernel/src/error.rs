@@ -1,0 +1,64 @@
+//! Errors of kernel operations, with the errno kept so callers can tell
+//! "already gone" from a real failure.
+
+use std::io;
+use std::path::PathBuf;
+
+use cni_types::{CniError, Code};
+use nix::errno::Errno;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("network namespace {0} does not exist")]
+    NetnsNotFound(PathBuf),
+    #[error("{0} is not a network namespace")]
+    NotANetns(PathBuf),
+    #[error("cannot enter network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: io::Error },
+    #[error("netlink {op}: {source}")]
+    Netlink { op: &'static str, source: io::Error },
+    #[error("netlink {op}: cannot decode the kernel's reply: {detail}")]
+    Decode { op: &'static str, detail: String },
+    #[error("link {0:?} not found")]
+    LinkNotFound(String),
+    #[error("sysctl {key}: {source}")]
+    Sysctl { key: String, source: io::Error },
+}
+
+impl KernelError {
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            KernelError::Netns { source, .. }
+            | KernelError::Netlink { source, .. }
+            | KernelError::Sysctl { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            _ => None,
+        }
+    }
+
+    /// The thing acted on does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            KernelError::NetnsNotFound(_) | KernelError::LinkNotFound(_)
+        ) || matches!(
+            self.errno(),
+            Some(Errno::ENODEV | Errno::ENOENT | Errno::ESRCH | Errno::EADDRNOTAVAIL)
+        )
+    }
+}
+
+/// The one place kernel failures become CNI codes: a missing namespace means
+/// the container is gone (3), a path that is not a namespace is a bad
+/// `CNI_NETNS` (4), anything the kernel refused is an I/O failure (5).
+impl From<KernelError> for CniError {
+    fn from(e: KernelError) -> Self {
+        let code = match &e {
+            KernelError::NetnsNotFound(_) => Code::UNKNOWN_CONTAINER,
+            KernelError::NotANetns(_) => Code::INVALID_ENV,
+            _ => Code::IO_FAILURE,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;

@@ -1,0 +1,185 @@
+//! What every plugin binary must do with the protocol itself: VERSION, the
+//! "about" line, and the bad-input table (right code, spec-shaped error on
+//! stdout and nothing else, no panic, no partial state).
+
+use cni_tests::{Call, Netns, PLUGINS};
+use serde_json::{Value, json};
+
+/// A config each plugin accepts as valid.
+fn valid_conf(plugin: &str) -> Value {
+    let mut c = json!({"cniVersion": "1.0.0", "name": "testnet", "type": plugin});
+    match plugin {
+        "bridge" => c["bridge"] = json!("cnirs0"),
+        "host-local" => c["ipam"] = json!({"type": "host-local", "subnet": "10.99.0.0/24"}),
+        _ => {}
+    }
+    c
+}
+
+/// Configs that are valid JSON but not a valid config for `plugin`.
+fn invalid_confs(plugin: &str) -> Vec<Value> {
+    let base = valid_conf(plugin);
+    let with = |k: &str, v: Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        c
+    };
+    let mut bad = vec![
+        with("name", json!("")),
+        with("name", json!("bad name")),
+        with("name", json!(42)),
+        with("capabilities", json!("all")),
+        with("runtimeConfig", json!({"portMappings": "8080:80"})),
+    ];
+    match plugin {
+        "bridge" => {
+            bad.push(with("mtu", json!("big")));
+            bad.push(with("vlan", json!(5000)));
+            bad.push(with("bridge", json!("name/with/slash")));
+            let mut both = with("hairpinMode", json!(true));
+            both["promiscMode"] = json!(true);
+            bad.push(both);
+        }
+        "host-local" => {
+            bad.push(with(
+                "ipam",
+                json!({"type": "host-local", "subnet": "10.0.0.0/99"}),
+            ));
+            bad.push(with("ipam", json!({"type": "host-local"})));
+            bad.push(with(
+                "ipam",
+                json!({"type": "host-local", "subnet": "10.0.0.0/24", "routes": [{"dst": "x"}]}),
+            ));
+            let mut no_ipam = base.clone();
+            no_ipam.as_object_mut().unwrap().remove("ipam");
+            bad.push(no_ipam);
+        }
+        "portmap" => {
+            bad.push(with("snat", json!("yes")));
+            bad.push(with("markMasqBit", json!(40)));
+            bad.push(with(
+                "runtimeConfig",
+                json!({"portMappings": [{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}]}),
+            ));
+            bad.push(with(
+                "runtimeConfig",
+                json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}),
+            ));
+        }
+        _ => {}
+    }
+    bad
+}
+
+#[test]
+fn version_lists_all_seven_versions() {
+    for p in PLUGINS {
+        // Also with no stdin and with a version we do not know on stdin.
+        for stdin in ["", r#"{"cniVersion":"1.1.0"}"#, r#"{"cniVersion":"9.9.9"}"#] {
+            let v = Call::new(p, "VERSION").stdin(stdin).run().success();
+            assert_eq!(v["cniVersion"], "1.1.0", "{p}");
+            assert_eq!(
+                v["supportedVersions"],
+                json!([
+                    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"
+                ]),
+                "{p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_command_prints_about_on_stderr_only() {
+    for p in PLUGINS {
+        let r = Call::new(p, "ADD").var("CNI_COMMAND", None).run();
+        assert!(r.ok(), "{p}");
+        assert!(r.stdout().is_empty(), "{p}: {}", r.stdout());
+        assert!(
+            r.stderr().contains(&format!("cni-rs {p} plugin")),
+            "{p}: {}",
+            r.stderr()
+        );
+        assert!(
+            r.stderr()
+                .contains("0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0")
+        );
+    }
+}
+
+/// Run `call` against a fresh namespace and check that nothing changed in it.
+fn rejected_without_trace(call: Call, code: u64) -> Value {
+    let ns = Netns::new("bad");
+    let before = (ns.link_names(), ns.link_flags("lo"));
+    let err = call.netns(&ns).run().error(code);
+    assert_eq!(
+        (ns.link_names(), ns.link_flags("lo")),
+        before,
+        "state changed: {err}"
+    );
+    err
+}
+
+#[test]
+fn bad_input_table() {
+    for p in PLUGINS {
+        let conf = valid_conf(p);
+        let add = || Call::new(p, "ADD").conf(&conf);
+
+        // Malformed JSON -> 6
+        for garbage in ["{", "", "[1,2]", "\"text\"", "{\"name\": }"] {
+            rejected_without_trace(Call::new(p, "ADD").stdin(garbage), 6);
+        }
+        // Unknown cniVersion -> 1, answered in the newest version
+        let mut v = conf.clone();
+        v["cniVersion"] = json!("0.5.0");
+        let e = rejected_without_trace(Call::new(p, "ADD").conf(&v), 1);
+        assert_eq!(e["cniVersion"], "1.1.0");
+        // Environment -> 4
+        rejected_without_trace(add().var("CNI_CONTAINERID", None), 4);
+        rejected_without_trace(add().var("CNI_CONTAINERID", Some("-starts-with-dash")), 4);
+        rejected_without_trace(add().var("CNI_CONTAINERID", Some("has space")), 4);
+        for ifname in ["eth/0", "sixteen-chars-xx", "..", ".", "eth:0", "eth 0"] {
+            rejected_without_trace(add().var("CNI_IFNAME", Some(ifname)), 4);
+        }
+        rejected_without_trace(add().var("CNI_IFNAME", None), 4);
+        rejected_without_trace(add().var("CNI_COMMAND", Some("UPDATE")), 4);
+        rejected_without_trace(add().var("CNI_ARGS", Some("IgnoreUnknown")), 4);
+        let e = add().var("CNI_NETNS", None).run().error(4);
+        assert!(e["msg"].as_str().unwrap().contains("CNI_NETNS"));
+        // The plugin's own namespace is never a container's.
+        add()
+            .var("CNI_NETNS", Some("/proc/self/ns/net"))
+            .run()
+            .error(4);
+        // Invalid network config -> 7, errors in the config's version
+        for bad in invalid_confs(p) {
+            let e = rejected_without_trace(Call::new(p, "ADD").conf(&bad), 7);
+            assert_eq!(e["cniVersion"], "1.0.0", "{p}: {bad}");
+        }
+    }
+}
+
+#[test]
+fn verbs_refuse_config_versions_that_predate_them() {
+    for p in PLUGINS {
+        let mut c = valid_conf(p);
+        for (verb, too_old) in [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")] {
+            c["cniVersion"] = json!(too_old);
+            let ns = Netns::new("ver");
+            let e = Call::new(p, verb).netns(&ns).conf(&c).run().error(1);
+            assert!(e["msg"].as_str().unwrap().contains(verb), "{p}: {e}");
+        }
+    }
+}
+
+#[test]
+fn unfinished_plugins_say_so_in_status() {
+    // Until their issues land, these report "not available" (50) so that a
+    // runtime asking STATUS does not schedule ADDs on them.
+    for p in ["bridge", "host-local", "portmap"] {
+        let mut c = valid_conf(p);
+        c["cniVersion"] = json!("1.1.0");
+        Call::new(p, "STATUS").conf(&c).run().error(50);
+    }
+}
