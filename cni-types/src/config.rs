@@ -166,11 +166,16 @@ pub struct NetConfList {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cni_versions: Vec<String>,
     pub name: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub disable_check: bool,
     #[serde(
         default,
         rename = "disableGC",
+        deserialize_with = "lenient_bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub disable_gc: bool,
@@ -178,6 +183,19 @@ pub struct NetConfList {
     pub plugins: Vec<Map<String, Value>>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// libcni reads `disableCheck`/`disableGC` as a boolean or as the strings
+/// "true"/"false" in any case; so do we, so that its configs load unchanged.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(b) => Ok(b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "expected true or false, got {other}"
+        ))),
+    }
 }
 
 impl NetConfList {
@@ -209,10 +227,11 @@ impl NetConfList {
             }
         }
         if !list.cni_versions.is_empty() {
-            // Pick the newest version listed that we speak.
+            // The newest version we speak among cniVersions and cniVersion, as libcni picks.
             let best = list
                 .cni_versions
                 .iter()
+                .chain(std::iter::once(&list.cni_version))
                 .filter_map(|v| v.parse::<Version>().ok())
                 .max()
                 .ok_or_else(|| {
@@ -359,6 +378,28 @@ mod tests {
             Code::INVALID_CONFIG
         );
         assert_eq!(NetConfList::parse(b"{").unwrap_err().code, Code::DECODE);
+    }
+
+    #[test]
+    fn reads_conflists_as_leniently_as_libcni() {
+        let l = NetConfList::parse(
+            json!({
+                "cniVersion": "1.1.0", "cniVersions": ["0.4.0"], "name": "n",
+                "disableCheck": "TRUE", "disableGC": "false", "plugins": [{"type": "x"}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(l.cni_version, "1.1.0");
+        assert!(l.disable_check && !l.disable_gc);
+        let bad = json!({"cniVersion": "1.0.0", "name": "n", "disableCheck": "yes", "plugins": [{"type": "x"}]});
+        assert_eq!(
+            NetConfList::parse(bad.to_string().as_bytes())
+                .unwrap_err()
+                .code,
+            Code::DECODE
+        );
     }
 
     #[test]

@@ -103,11 +103,17 @@ pub fn exec(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CniError::io(format!("cannot run plugin {name}: {e}")))?;
-    // A plugin may exit without reading stdin; a broken pipe then is not our error.
-    let _ = child.stdin.take().expect("piped").write_all(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::io(format!("cannot wait for plugin {name}: {e}")))?;
+    // Feed stdin while reading stdout, so a plugin that writes before it has
+    // read everything cannot deadlock us. A plugin may also exit without
+    // reading stdin; a broken pipe then is not our error.
+    let mut pipe = child.stdin.take().expect("piped");
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = pipe.write_all(stdin);
+        });
+        child.wait_with_output()
+    })
+    .map_err(|e| CniError::io(format!("cannot wait for plugin {name}: {e}")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !stderr.trim().is_empty() {
         // Keep the delegate's diagnostics where the runtime collects ours.

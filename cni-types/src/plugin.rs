@@ -91,29 +91,13 @@ enum Outcome {
     About,
     Output(Value),
     Done,
-    Failed(CniError),
+    /// The error and the version to tag it with.
+    Failed(CniError, String),
 }
 
 /// Run the plugin and exit. Never returns.
 pub fn run(plugin: &dyn Plugin) -> ! {
-    let mut version_for_errors = Version::LATEST.to_string();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        dispatch(
-            plugin,
-            Env::from_process(),
-            read_stdin,
-            &mut version_for_errors,
-        )
-    }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Outcome::Failed(CniError::new(Code::INTERNAL, "plugin panicked").with_details(what))
-    });
-    let (value, code) = match outcome {
+    let (value, code) = match respond(plugin, Env::from_process(), read_stdin) {
         Outcome::About => {
             let versions = plugin.supported_versions().iter().map(|v| v.as_str());
             eprintln!("{}", plugin.about());
@@ -125,7 +109,7 @@ pub fn run(plugin: &dyn Plugin) -> ! {
         }
         Outcome::Done => std::process::exit(0),
         Outcome::Output(v) => (v, 0),
-        Outcome::Failed(e) => (e.to_json(&version_for_errors), 1),
+        Outcome::Failed(e, version) => (e.to_json(&version), 1),
     };
     let mut out = std::io::stdout().lock();
     let written = serde_json::to_writer_pretty(&mut out, &value)
@@ -137,6 +121,34 @@ pub fn run(plugin: &dyn Plugin) -> ! {
         std::process::exit(1);
     }
     std::process::exit(code)
+}
+
+/// Everything but the printing: a panic anywhere in the plugin becomes a
+/// CNI error (the panic message itself goes to stderr through the default hook).
+fn respond(
+    plugin: &dyn Plugin,
+    env: Result<Env, CniError>,
+    stdin: impl FnOnce() -> Result<Vec<u8>, CniError>,
+) -> Outcome {
+    let mut version_for_errors = Version::LATEST.to_string();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        dispatch(plugin, env, stdin, &mut version_for_errors)
+    }));
+    match outcome {
+        Ok(Outcome::Failed(e, _)) => Outcome::Failed(e, version_for_errors),
+        Ok(o) => o,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Outcome::Failed(
+                CniError::new(Code::INTERNAL, "plugin panicked").with_details(what),
+                version_for_errors,
+            )
+        }
+    }
 }
 
 fn read_stdin() -> Result<Vec<u8>, CniError> {
@@ -160,7 +172,7 @@ fn dispatch(
         Err(_) if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) => {
             return Outcome::About;
         }
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e, String::new()),
     };
     if env.command == Command::Version {
         // The spec's VERSION stdin only names a version; any version is answered.
@@ -170,7 +182,7 @@ fn dispatch(
     match prepare(plugin, env, stdin, version_for_errors).and_then(|req| call(plugin, &req)) {
         Ok(Some(v)) => Outcome::Output(v),
         Ok(None) => Outcome::Done,
-        Err(e) => Outcome::Failed(e),
+        Err(e) => Outcome::Failed(e, String::new()),
     }
 }
 
@@ -310,6 +322,53 @@ mod tests {
         }
     }
 
+    struct Panics;
+
+    impl Plugin for Panics {
+        fn about(&self) -> &str {
+            "panics"
+        }
+        fn add(&self, _: &Request) -> Result<CniResult, CniError> {
+            // An out-of-bounds index, hidden from the compiler's own check.
+            let byte = std::hint::black_box(Vec::<u8>::new())[3];
+            Err(CniError::new(Code(100 + u32::from(byte)), "unreachable"))
+        }
+        fn del(&self, _: &Request) -> Result<(), CniError> {
+            panic!("boom in DEL")
+        }
+        fn check(&self, _: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+        fn gc(&self, _: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+        fn status(&self, _: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_becomes_a_cni_error_in_the_config_version() {
+        for (cmd, needle) in [("ADD", "index out of bounds"), ("DEL", "boom in DEL")] {
+            let vars = HashMap::from([
+                ("CNI_COMMAND", cmd.to_string()),
+                ("CNI_CONTAINERID", "c1".to_string()),
+                ("CNI_IFNAME", "eth0".to_string()),
+                ("CNI_NETNS", "/nonexistent".to_string()),
+            ]);
+            let env = Env::from_lookup(|k| vars.get(k).cloned());
+            let conf = json!({"cniVersion": "0.4.0", "name": "n", "type": "panics"});
+            match respond(&Panics, env, || Ok(conf.to_string().into_bytes())) {
+                Outcome::Failed(e, v) => {
+                    assert_eq!(e.code, Code::INTERNAL);
+                    assert!(e.details.contains(needle), "{e}");
+                    assert_eq!(v, "0.4.0");
+                }
+                _ => panic!("a panic was not caught"),
+            }
+        }
+    }
+
     fn run_with(cmd: &str, conf: Value) -> (Outcome, String) {
         let vars: HashMap<&str, String> = HashMap::from([
             ("CNI_COMMAND", cmd.to_string()),
@@ -330,7 +389,7 @@ mod tests {
 
     fn code(o: Outcome) -> u32 {
         match o {
-            Outcome::Failed(e) => e.code.0,
+            Outcome::Failed(e, _) => e.code.0,
             _ => 0,
         }
     }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages the build and the tests need, only if missing.
+# Idempotent and quiet when everything is there.
+set -euo pipefail
+
+packages=(
+  iproute2      # ip: the tests create namespaces and read kernel state with ip -j
+  procps        # pgrep/ps for the runtime tests' clean-up checks
+  jq            # the demo pretty-prints results
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: need root to install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
