@@ -66,11 +66,7 @@ impl Environment {
         let capability_args = parse_capability_args(&text("CAP_ARGS")?.unwrap_or_default())?;
         let ifname = text("CNI_IFNAME")?.unwrap_or_else(|| DEFAULT_IFNAME.into());
         let path = var("CNI_PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .collect()
-            })
+            .map(cni_types::env::split_cni_path)
             .unwrap_or_default();
         let netns = match netns {
             None => None,

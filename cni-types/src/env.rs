@@ -87,13 +87,7 @@ impl Env {
             }
         }
         let args = CniArgs::parse(&var("CNI_ARGS").unwrap_or_default())?;
-        let path = var("CNI_PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let path = var("CNI_PATH").map(split_cni_path).unwrap_or_default();
         Ok(Env {
             command,
             container_id,
@@ -103,6 +97,13 @@ impl Env {
             path,
         })
     }
+}
+
+/// The directories of a `CNI_PATH` value, empty entries dropped.
+pub fn split_cni_path(raw: impl AsRef<std::ffi::OsStr>) -> Vec<PathBuf> {
+    std::env::split_paths(raw.as_ref())
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect()
 }
 
 #[cfg(test)]
