@@ -7,6 +7,7 @@ packages=(
   iproute2      # ip: the tests create namespaces and read kernel state with ip -j
   procps        # pgrep/ps for the runtime tests' clean-up checks
   jq            # the demo pretty-prints results
+  containernetworking-plugins  # the Go reference plugins: peers in tests, baseline in benchmarks
 )
 
 missing=()

@@ -45,6 +45,29 @@ pub struct Request {
 }
 
 impl Request {
+    /// Decode a config (6 if it is not a JSON object), read the fields every
+    /// config has (7 if they are malformed or the name is invalid) and its
+    /// version (1 if unknown). Plugin-independent; the entry point adds the
+    /// plugin's own checks.
+    pub fn parse(env: Env, stdin: Vec<u8>) -> Result<Request, CniError> {
+        let raw = decode(&stdin)?;
+        Request::from_value(env, stdin, raw)
+    }
+
+    fn from_value(env: Env, stdin: Vec<u8>, raw: Value) -> Result<Request, CniError> {
+        let conf = NetConf::deserialize(&raw)
+            .map_err(|e| CniError::invalid_config(format!("invalid network config: {e}")))?;
+        validate::network_name(&conf.name)?;
+        let version = conf.version()?;
+        Ok(Request {
+            env,
+            conf,
+            version,
+            stdin,
+            raw,
+        })
+    }
+
     /// Parse the config into the plugin's own type. The document is known to be
     /// valid JSON here, so a mismatch is an invalid config (code 7).
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, CniError> {
@@ -76,6 +99,18 @@ impl Request {
             }),
         }
     }
+}
+
+fn decode(stdin: &[u8]) -> Result<Value, CniError> {
+    let raw: Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(Code::DECODE, format!("cannot decode network config: {e}")))?;
+    if !raw.is_object() {
+        return Err(CniError::new(
+            Code::DECODE,
+            "network config is not a JSON object",
+        ));
+    }
+    Ok(raw)
 }
 
 /// One container attachment, as GC lists them.
@@ -193,14 +228,7 @@ fn prepare(
     version_for_errors: &mut String,
 ) -> Result<Request, CniError> {
     let stdin = stdin()?;
-    let raw: Value = serde_json::from_slice(&stdin)
-        .map_err(|e| CniError::new(Code::DECODE, format!("cannot decode network config: {e}")))?;
-    if !raw.is_object() {
-        return Err(CniError::new(
-            Code::DECODE,
-            "network config is not a JSON object",
-        ));
-    }
+    let raw = decode(&stdin)?;
     // Answer errors in the config's version when it is one we know.
     if let Some(Ok(v)) = raw
         .get("cniVersion")
@@ -209,10 +237,8 @@ fn prepare(
     {
         *version_for_errors = v.to_string();
     }
-    let conf = NetConf::deserialize(&raw)
-        .map_err(|e| CniError::invalid_config(format!("invalid network config: {e}")))?;
-    validate::network_name(&conf.name)?;
-    let version = conf.version()?;
+    let req = Request::from_value(env, stdin, raw)?;
+    let version = req.version;
     if !plugin.supported_versions().contains(&version) {
         return Err(
             CniError::new(Code::INCOMPATIBLE_VERSION, "incompatible CNI versions").with_details(
@@ -227,7 +253,7 @@ fn prepare(
             ),
         );
     }
-    let needs = match env.command {
+    let needs = match req.env.command {
         Command::Check => Some(Version::V0_4_0),
         Command::Gc | Command::Status => Some(Version::V1_1_0),
         _ => None,
@@ -239,12 +265,12 @@ fn prepare(
             Code::INCOMPATIBLE_VERSION,
             format!(
                 "config version {version} does not allow {}",
-                env.command.as_str()
+                req.env.command.as_str()
             ),
         )
-        .with_details(format!("{} needs {min} or later", env.command.as_str())));
+        .with_details(format!("{} needs {min} or later", req.env.command.as_str())));
     }
-    if let Some(ns) = &env.netns
+    if let Some(ns) = &req.env.netns
         && is_own_netns(ns)
     {
         return Err(
@@ -252,13 +278,7 @@ fn prepare(
                 .with_details(ns.display().to_string()),
         );
     }
-    Ok(Request {
-        env,
-        conf,
-        version,
-        stdin,
-        raw,
-    })
+    Ok(req)
 }
 
 /// Refuse to treat the namespace the plugin runs in as the container's: that

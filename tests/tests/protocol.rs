@@ -5,12 +5,20 @@
 use cni_tests::{Call, Netns, PLUGINS};
 use serde_json::{Value, json};
 
+/// host-local's data dir in these tests: rejected input must never create it.
+fn untouched_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cnirs-protocol-{}", std::process::id()))
+}
+
 /// A config each plugin accepts as valid.
 fn valid_conf(plugin: &str) -> Value {
     let mut c = json!({"cniVersion": "1.0.0", "name": "testnet", "type": plugin});
     match plugin {
         "bridge" => c["bridge"] = json!("cnirs0"),
-        "host-local" => c["ipam"] = json!({"type": "host-local", "subnet": "10.99.0.0/24"}),
+        "host-local" => {
+            c["ipam"] =
+                json!({"type": "host-local", "subnet": "10.99.0.0/24", "dataDir": untouched_dir()})
+        }
         _ => {}
     }
     c
@@ -158,6 +166,10 @@ fn bad_input_table() {
             assert_eq!(e["cniVersion"], "1.0.0", "{p}: {bad}");
         }
     }
+    assert!(
+        !untouched_dir().exists(),
+        "rejected input created host-local's store"
+    );
 }
 
 #[test]
@@ -177,7 +189,7 @@ fn verbs_refuse_config_versions_that_predate_them() {
 fn unfinished_plugins_say_so_in_status() {
     // Until their issues land, these report "not available" (50) so that a
     // runtime asking STATUS does not schedule ADDs on them.
-    for p in ["bridge", "host-local", "portmap"] {
+    for p in ["bridge", "portmap"] {
         let mut c = valid_conf(p);
         c["cniVersion"] = json!("1.1.0");
         Call::new(p, "STATUS").conf(&c).run().error(50);

@@ -1,64 +1,14 @@
-//! The host-local plugin. This build parses and checks its configuration; the
-//! network work itself is not implemented yet (issue #3), so every verb
-//! after validation answers with a clear error and STATUS reports the plugin
-//! as not available (50), which tells runtimes not to schedule ADDs on it.
+//! The host-local IPAM plugin: addresses from configured ranges, reserved in
+//! files under `dataDir` in the reference plugin's layout.
 
-// The ADD path reads every field; until it lands only validation does.
-#[allow(dead_code)]
+mod allocator;
 mod config;
-
-use cni_types::{CniError, CniResult, Code, Plugin, Request};
-
-struct HostLocalPlugin;
-
-/// Validate the config, then say plainly what is missing.
-fn not_yet(req: &Request) -> CniError {
-    match config::HostLocalConf::load(req) {
-        Err(e) => e,
-        Ok(_) => CniError::new(
-            Code::INTERNAL,
-            format!(
-                "host-local {} is not implemented in this build of cni-rs",
-                req.env.command.as_str()
-            ),
-        ),
-    }
-}
-
-impl Plugin for HostLocalPlugin {
-    fn about(&self) -> &str {
-        concat!("cni-rs host-local plugin v", env!("CARGO_PKG_VERSION"))
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Err(not_yet(req))
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        let e = not_yet(req);
-        Err(if e.code == Code::INTERNAL {
-            CniError {
-                code: Code::NOT_AVAILABLE,
-                ..e
-            }
-        } else {
-            e
-        })
-    }
-}
+mod dns;
+mod error;
+mod ip;
+mod plugin;
+mod store;
 
 fn main() {
-    cni_types::plugin::run(&HostLocalPlugin)
+    cni_types::plugin::run(&plugin::HostLocal)
 }

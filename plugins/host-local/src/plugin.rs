@@ -1,0 +1,142 @@
+use std::net::IpAddr;
+
+use cni_types::{CniError, CniResult, Code, Dns, Plugin, Request};
+
+use crate::allocator::{self, Owner, Store};
+use crate::config::IpamConfig;
+use crate::dns;
+use crate::error::HostLocalError;
+use crate::store::DiskStore;
+
+pub struct HostLocal;
+
+impl Plugin for HostLocal {
+    fn about(&self) -> &str {
+        concat!("cni-rs host-local plugin v", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        Ok(del(req)?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        Ok(gc(req)?)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        status(req)
+    }
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner::new(&req.env.container_id, &req.env.ifname)
+}
+
+/// Addresses of the previous result: where DEL and CHECK look first.
+fn prev_addresses(req: &Request) -> Vec<IpAddr> {
+    // A prevResult we cannot read must not stop a DEL from releasing.
+    let prev = req.conf.prev_result().ok().flatten();
+    prev.map(|p| p.ips.iter().map(|i| i.address.ip()).collect())
+        .unwrap_or_default()
+}
+
+fn add(req: &Request) -> Result<CniResult, HostLocalError> {
+    let conf = IpamConfig::load(req)?;
+    // Read resolvConf before reserving anything: nothing to undo if it fails.
+    let dns = match &conf.resolv_conf {
+        Some(path) => dns::parse(&std::fs::read_to_string(path).map_err(|source| {
+            HostLocalError::ResolvConf {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        None => Dns::default(),
+    };
+    let mut store = DiskStore::open(&conf.data_dir, &conf.network)?;
+    let ips = allocator::allocate(&mut store, &conf, &owner(req))?;
+    Ok(CniResult {
+        ips,
+        routes: conf.routes,
+        dns,
+        ..Default::default()
+    })
+}
+
+fn del(req: &Request) -> Result<(), HostLocalError> {
+    let conf = IpamConfig::load(req)?;
+    let mut store = DiskStore::open(&conf.data_dir, &conf.network)?;
+    allocator::release(&mut store, &owner(req), &prev_addresses(req))?;
+    Ok(())
+}
+
+/// The container holds a reservation, and every address of the previous
+/// result that lies in our ranges is still its.
+fn check(req: &Request) -> Result<(), HostLocalError> {
+    let conf = IpamConfig::load(req)?;
+    let mut store = DiskStore::open(&conf.data_dir, &conf.network)?;
+    let who = owner(req);
+    let prev = prev_addresses(req);
+    let held = store.find(&who, &prev)?;
+    let not_reserved = || HostLocalError::NotReserved {
+        id: who.id.clone(),
+        ifname: who.ifname.clone().unwrap_or_default(),
+    };
+    if held.is_empty() {
+        return Err(not_reserved());
+    }
+    let ours = |a: &IpAddr| conf.sets.iter().any(|s| s.range_for(*a).is_some());
+    if let Some(missing) = prev.iter().filter(|a| ours(a)).find(|a| !held.contains(a)) {
+        return Err(HostLocalError::Cni(CniError::new(
+            Code(103),
+            format!(
+                "address {missing} of the previous result is not reserved for container {}",
+                who.id
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn gc(req: &Request) -> Result<(), HostLocalError> {
+    let conf = IpamConfig::load(req)?;
+    let keep: Vec<Owner> = req
+        .gc_attachments()?
+        .into_iter()
+        .map(|a| Owner::new(&a.container_id, &a.ifname))
+        .collect();
+    let mut store = DiskStore::open(&conf.data_dir, &conf.network)?;
+    let collected = allocator::collect(&mut store, &keep);
+    // Tidy the index even when a release failed; report the failure after.
+    store.tidy()?;
+    collected?;
+    Ok(())
+}
+
+/// Ready for ADD when the store can be written and every range set still
+/// has a free address (ADD takes one from each).
+fn status(req: &Request) -> Result<(), CniError> {
+    let conf = IpamConfig::load(req)?;
+    let unavailable = |msg: String| CniError::new(Code::NOT_AVAILABLE, msg);
+    let mut store = DiskStore::open(&conf.data_dir, &conf.network)
+        .map_err(|e| unavailable(format!("address store is not usable: {e}")))?;
+    store
+        .probe_writable()
+        .map_err(|e| unavailable(format!("address store is not writable: {e}")))?;
+    let full = allocator::exhausted_sets(&mut store, &conf.sets)
+        .map_err(|e| unavailable(e.to_string()))?;
+    if let Some(i) = full.first() {
+        return Err(unavailable(format!(
+            "no free address left in range set {i} ({})",
+            conf.sets[*i].describe()
+        )));
+    }
+    Ok(())
+}
