@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from cnibench import build_launcher, run
+
 PLUGIN = sys.argv[1] if len(sys.argv) > 1 else "loopback"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,29 +29,11 @@ REF = os.path.join("/usr/lib/cni", PLUGIN)
 CONF = json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": PLUGIN}).encode()
 
 
-def run(launcher, binary, command, netns):
-    env = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": "bench-1",
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": os.path.dirname(binary),
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    }
-    r, w = os.pipe()
-    p = subprocess.run([launcher, str(w), binary], input=CONF, env=env, capture_output=True, pass_fds=(w,))
-    os.close(w)
-    with os.fdopen(r) as f:
-        ns, rss = f.read().split()
-    if p.returncode != 0:
-        sys.exit(f"{binary} {command} failed: {p.stdout.decode()} {p.stderr.decode()}")
-    return int(ns) / 1e6, int(rss)
-
-
-def build_launcher():
-    out = f"/tmp/cnirs-spawn-rss-{os.getpid()}"
-    subprocess.run(["cc", "-O2", "-o", out, os.path.join(HERE, "spawn_rss.c")], check=True)
-    return out
+def run_one(launcher, binary, command, netns):
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "bench-1", "CNI_NETNS": netns,
+           "CNI_IFNAME": "eth0", "CNI_PATH": os.path.dirname(binary)}
+    ms, rss, _ = run(launcher, binary, env, CONF)
+    return ms, rss
 
 
 def main():
@@ -68,11 +52,11 @@ def main():
                 order.reverse()
             for name, binary in order:
                 for command in ("ADD", "DEL"):
-                    ms, rss = run(launcher, binary, command, netns)
+                    ms, rss = run_one(launcher, binary, command, netns)
                     rows.append((i, name, command, round(ms, 4), rss))
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    floor_ms, floor_rss = run(launcher, "/bin/true", "VERSION", "")
+    floor_ms, floor_rss = run_one(launcher, "/bin/true", "VERSION", "")
     os.unlink(launcher)
 
     stamp = time.strftime("%Y-%m-%d")
