@@ -4,9 +4,12 @@
 set -euo pipefail
 
 packages=(
+  pkg-config libnftnl-dev libmnl-dev  # build: the nftnl crate links libnftnl
+  nftables      # nft -j: the tests read back the rules our plugins install over netlink
   iproute2      # ip: the tests create namespaces and read kernel state with ip -j
   procps        # pgrep/ps for the runtime tests' clean-up checks
   jq            # the demo pretty-prints results
+  iputils-ping  # connectivity tests between container namespaces
   containernetworking-plugins  # the Go reference plugins: peers in tests, baseline in benchmarks
 )
 

@@ -20,6 +20,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:x}{n:x}", std::process::id())
 }
 
+/// Wait for the kernel to reach a state: re-check `cond` every 10 ms for up
+/// to 5 s. Returns whether it held.
+pub fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Run a command; panic with its output if it cannot start.
 pub fn cmd(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -69,6 +84,33 @@ impl Netns {
         } else {
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip {full:?}: {e}: {out}"))
         }
+    }
+
+    /// Run a command inside the namespace (`ip netns exec`), e.g. ping.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        cmd("ip", &full)
+    }
+
+    /// `ping` from inside the namespace; true if answered.
+    pub fn ping(&self, addr: &str) -> bool {
+        let ping = if addr.contains(':') {
+            vec!["ping", "-6"]
+        } else {
+            vec!["ping"]
+        };
+        let mut args = ping;
+        args.extend_from_slice(&["-c", "1", "-W", "2", addr]);
+        self.exec(&args).status.success()
+    }
+
+    /// `nft -j list table FAMILY NAME` inside the namespace; None if absent.
+    pub fn nft_table(&self, family: &str, name: &str) -> Option<Value> {
+        let out = self.exec(&["nft", "-j", "list", "table", family, name]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     /// `ip -n NS ARGS...`, which must succeed.
@@ -181,6 +223,8 @@ pub struct Call {
     bin: PathBuf,
     vars: Vec<(String, String)>,
     stdin: Vec<u8>,
+    /// Run inside this namespace (as a runtime in a "host" namespace would).
+    host: Option<PathBuf>,
 }
 
 impl Call {
@@ -195,7 +239,15 @@ impl Call {
                 ("CNI_PATH".into(), bin_dir().display().to_string()),
             ],
             stdin: Vec::new(),
+            host: None,
         }
+    }
+
+    /// Run the plugin inside `host`, the throwaway namespace standing in for
+    /// the machine's own: the bridge, host veths and rules land there.
+    pub fn in_host(mut self, host: &Netns) -> Call {
+        self.host = Some(host.path());
+        self
     }
 
     /// Set (or with `None`, unset) one variable.
@@ -222,7 +274,15 @@ impl Call {
     }
 
     pub fn run(&self) -> Reply {
-        let mut p = Command::new(&self.bin);
+        let mut p = match &self.host {
+            // nsenter, not `ip netns exec`, which also remounts /sys.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         p.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (k, v) in &self.vars {

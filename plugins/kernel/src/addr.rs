@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::AddressMessageBuilder;
 
 use crate::error::Result;
@@ -72,6 +72,19 @@ impl Netlink {
     pub fn add_address(&mut self, index: u32, addr: IpNetwork) -> Result<()> {
         let msg = RouteNetlinkMessage::NewAddress(message(index, addr));
         self.execute("add address", msg, NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Add an address that skips duplicate address detection (IPv6), so it
+    /// is usable at once instead of after a second of "tentative".
+    pub fn add_address_nodad(&mut self, index: u32, addr: IpNetwork) -> Result<()> {
+        let mut msg = message(index, addr);
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.execute(
+            "add address",
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     pub fn del_address(&mut self, index: u32, addr: IpNetwork) -> Result<()> {

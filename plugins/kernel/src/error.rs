@@ -23,6 +23,22 @@ pub enum KernelError {
     LinkNotFound(String),
     #[error("sysctl {key}: {source}")]
     Sysctl { key: String, source: io::Error },
+    /// The kernel refused an nf_tables request or batch (the batch was then
+    /// aborted as a whole); `object` names what it was about.
+    #[error("nftables {op} {object}: {source}")]
+    Nftables {
+        op: &'static str,
+        object: String,
+        source: io::Error,
+    },
+    #[error(
+        "network name {network:?} is too long for masquerade: its chain name would be {len} bytes, at most 255"
+    )]
+    MasqueradeNameTooLong { network: String, len: usize },
+    #[error(
+        "cannot masquerade for {0:?}: network name, container id and ifname must be non-empty, without ':' or NUL"
+    )]
+    MasqueradeOwner(String),
 }
 
 impl KernelError {
@@ -30,7 +46,8 @@ impl KernelError {
         match self {
             KernelError::Netns { source, .. }
             | KernelError::Netlink { source, .. }
-            | KernelError::Sysctl { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            | KernelError::Sysctl { source, .. }
+            | KernelError::Nftables { source, .. } => source.raw_os_error().map(Errno::from_raw),
             _ => None,
         }
     }
@@ -49,12 +66,17 @@ impl KernelError {
 
 /// The one place kernel failures become CNI codes: a missing namespace means
 /// the container is gone (3), a path that is not a namespace is a bad
-/// `CNI_NETNS` (4), anything the kernel refused is an I/O failure (5).
+/// `CNI_NETNS` (4), a network name too long to name its masquerade chain is
+/// invalid config (7), anything the kernel refused (nftables included) is an
+/// I/O failure (5).
 impl From<KernelError> for CniError {
     fn from(e: KernelError) -> Self {
         let code = match &e {
             KernelError::NetnsNotFound(_) => Code::UNKNOWN_CONTAINER,
             KernelError::NotANetns(_) => Code::INVALID_ENV,
+            KernelError::MasqueradeNameTooLong { .. } | KernelError::MasqueradeOwner(_) => {
+                Code::INVALID_CONFIG
+            }
             _ => Code::IO_FAILURE,
         };
         CniError::new(code, e.to_string())

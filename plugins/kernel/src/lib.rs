@@ -5,8 +5,10 @@
 pub mod addr;
 pub mod error;
 pub mod link;
+pub mod masquerade;
 pub mod netlink;
 pub mod netns;
+mod nfnetlink;
 pub mod route;
 pub mod sysctl;
 

@@ -1,10 +1,17 @@
 //! Links: look up, bring up or down, create, delete.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    BridgeVlanInfoFlags, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
+};
 use nix::errno::Errno;
-use rtnetlink::LinkUnspec;
+use rtnetlink::{
+    LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
+};
 
 use crate::error::{KernelError, Result};
 use crate::netlink::Netlink;
@@ -20,6 +27,8 @@ pub struct Link {
     pub kind: Option<InfoKind>,
     /// The bridge (or other controller) this link is attached to.
     pub controller: Option<u32>,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 impl Link {
@@ -32,6 +41,7 @@ impl Link {
             mac: None,
             kind: None,
             controller: None,
+            peer: None,
         };
         for attr in m.attributes {
             match attr {
@@ -39,6 +49,7 @@ impl Link {
                 LinkAttribute::Mtu(v) => link.mtu = Some(v),
                 LinkAttribute::Address(a) => link.mac = Some(a),
                 LinkAttribute::Controller(c) => link.controller = Some(c),
+                LinkAttribute::Link(p) => link.peer = Some(p),
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.into_iter().find_map(|i| match i {
                         LinkInfo::Kind(k) => Some(k),
@@ -119,6 +130,101 @@ impl Netlink {
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// Create a bridge, up, with a fixed MAC (so it does not change as ports
+    /// come and go) and VLAN filtering if asked.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+        vlan_filtering: bool,
+    ) -> Result<()> {
+        let mut b = LinkBridge::new(name).up().address(mac.to_vec());
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        if vlan_filtering {
+            b = b.vlan_filtering(true);
+        }
+        self.create_link(b.build())
+    }
+
+    /// Turn VLAN filtering on for an existing bridge.
+    pub fn set_vlan_filtering(&mut self, bridge: u32) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
+            .index(bridge)
+            .set_info_data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)]))
+            .build();
+        self.execute("set vlan filtering", RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
+    /// Create a veth pair whose `peer` end is born inside the namespace
+    /// `peer_netns`, in one request: the container's interface name never
+    /// exists in this namespace, where it could clash with a host interface.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_netns.as_raw_fd());
+        let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_owned());
+        if let Some(mtu) = mtu {
+            p = p.mtu(mtu);
+            b = b.mtu(mtu);
+        }
+        if let Some(mac) = peer_mac {
+            p = p.address(mac.to_vec());
+        }
+        let msg = b
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
+            .build();
+        self.create_link(msg)
+    }
+
+    pub fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(controller)
+            .build();
+        self.execute("attach link", RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    pub fn set_promiscuous(&mut self, index: u32, on: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
+        self.execute("set promiscuous", RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Bridge-port flags of a link attached to a bridge.
+    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(index)
+            .hairpin(hairpin)
+            .isolated(isolated)
+            .build();
+        self.execute("set bridge port", RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
+    /// Add VLAN `vid` to a bridge port: as its PVID and untagged (an access
+    /// port), or tagged (a trunk).
+    pub fn bridge_vlan_add(&mut self, port: u32, vid: u16, pvid_untagged: bool) -> Result<()> {
+        let flags = if pvid_untagged {
+            BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged
+        } else {
+            BridgeVlanInfoFlags::empty()
+        };
+        let msg = LinkBridgeVlan::new(port).vlan(vid, flags).build();
+        self.execute("add bridge vlan", RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    pub fn bridge_vlan_del(&mut self, port: u32, vid: u16) -> Result<()> {
+        let msg = LinkBridgeVlan::new(port)
+            .vlan(vid, BridgeVlanInfoFlags::empty())
+            .build();
+        self.execute("delete bridge vlan", RouteNetlinkMessage::DelLink(msg), 0)
     }
 
     pub fn delete_link(&mut self, index: u32) -> Result<()> {

@@ -2,7 +2,7 @@
 //! short-lived thread of its own, so no thread we share ever changes namespace.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
@@ -55,6 +55,11 @@ impl Netns {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The namespace's fd, e.g. to create a link directly inside it.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     /// Run `f` on a fresh thread that has entered this namespace. The thread

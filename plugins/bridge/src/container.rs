@@ -1,0 +1,61 @@
+//! The container side: the interface's sysctls, addresses, state and routes.
+
+use cni_kernel::{KernelError, Link, Netns, RouteSpec, sysctl};
+use cni_types::{IpConfig, Route};
+
+use crate::error::Result;
+use crate::host::gateway_for;
+
+pub struct Setup<'a> {
+    pub ifname: &'a str,
+    pub ips: &'a [IpConfig],
+    pub routes: &'a [Route],
+    pub enable_dad: bool,
+    pub up: bool,
+}
+
+/// Configure the container interface and return it as it ends up.
+pub fn configure(netns: &Netns, s: &Setup) -> Result<Link> {
+    let if_ = s.ifname;
+    let has_v6 = s.ips.iter().any(|i| i.address.is_ipv6());
+    netns.run(|| -> Result<(), KernelError> {
+        // Neighbours learn the new MAC at once (gratuitous ARP on up).
+        sysctl::write(&format!("net/ipv4/conf/{if_}/arp_notify"), "1")?;
+        if has_v6 {
+            sysctl::write(&format!("net/ipv6/conf/{if_}/disable_ipv6"), "0")?;
+            sysctl::write(&format!("net/ipv6/conf/{if_}/keep_addr_on_down"), "1")?;
+            if !s.enable_dad {
+                // Without DAD the address is usable at once instead of after ~1 s.
+                sysctl::write(&format!("net/ipv6/conf/{if_}/accept_dad"), "0")?;
+            }
+        }
+        Ok(())
+    })??;
+    let mut nl = netns.netlink()?;
+    let link = nl.require_link(if_)?;
+    for ip in s.ips {
+        nl.add_address(link.index, ip.address)?;
+    }
+    if s.up {
+        nl.set_link_up(link.index, true)?;
+    }
+    for r in s.routes {
+        nl.add_route(&route_spec(r, s.ips, link.index))?;
+    }
+    Ok(nl.require_link(if_)?)
+}
+
+/// A result route as installed: without a gateway it goes via the gateway of
+/// its family, as the reference does, or is on-link when there is none.
+pub fn route_spec(r: &Route, ips: &[IpConfig], oif: u32) -> RouteSpec {
+    RouteSpec {
+        dst: r.dst,
+        gw: r.gw.or_else(|| gateway_for(ips, r.dst.ip())),
+        oif: Some(oif),
+        mtu: r.mtu,
+        adv_mss: r.adv_mss,
+        priority: r.priority,
+        table: r.table,
+        scope: r.scope,
+    }
+}

@@ -1,0 +1,403 @@
+use std::net::IpAddr;
+use std::path::Path;
+
+use cni_kernel::masquerade::{self, MasqOwner};
+use cni_kernel::{Link, Netlink, Netns};
+use cni_types::invoke::delegate;
+use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route};
+use ipnetwork::IpNetwork;
+
+use crate::config::BridgeConf;
+use crate::container::{self, Setup};
+use crate::error::{BridgeError, Result};
+use crate::host;
+
+pub struct Bridge;
+
+impl Plugin for Bridge {
+    fn about(&self) -> &str {
+        concat!("cni-rs bridge plugin v", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        Ok(del(req)?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        Ok(gc(req)?)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        status(req)
+    }
+}
+
+fn owner<'a>(conf: &'a BridgeConf, req: &'a Request) -> MasqOwner<'a> {
+    MasqOwner {
+        network: &conf.net.name,
+        container_id: &req.env.container_id,
+        ifname: &req.env.ifname,
+    }
+}
+
+fn ipam(conf: &BridgeConf, req: &Request, command: Command) -> Result<Option<CniResult>> {
+    let ty = &conf
+        .net
+        .ipam
+        .as_ref()
+        .expect("layer 3 has ipam")
+        .plugin_type;
+    Ok(delegate(ty, command, &req.env, &req.stdin, req.version)?)
+}
+
+/// What ADD has done so far, so that a failure can undo exactly that.
+#[derive(Default)]
+struct Done {
+    host_veth: Option<u32>,
+    ipam: bool,
+    masquerade: bool,
+}
+
+fn add(req: &Request) -> Result<CniResult> {
+    let conf = BridgeConf::load(req)?;
+    let netns = Netns::open(req.netns()?)?;
+    let mut host_nl = Netlink::open()?;
+    let mut done = Done::default();
+    let outcome = add_steps(req, &conf, &netns, &mut host_nl, &mut done);
+    if outcome.is_err() {
+        // Undo in reverse. Deleting the host end deletes the container end.
+        if done.masquerade {
+            let _ = masquerade::del(&owner(&conf, req));
+        }
+        if done.ipam {
+            let _ = ipam(&conf, req, Command::Del);
+        }
+        if let Some(index) = done.host_veth {
+            let _ = host_nl.delete_link(index);
+        }
+    }
+    outcome
+}
+
+fn add_steps(
+    req: &Request,
+    conf: &BridgeConf,
+    netns: &Netns,
+    nl: &mut Netlink,
+    done: &mut Done,
+) -> Result<CniResult> {
+    let ifname = &req.env.ifname;
+    let br = host::ensure_bridge(nl, conf)?;
+    if netns.netlink()?.link_by_name(ifname)?.is_some() {
+        return Err(BridgeError::InterfaceExists(ifname.clone()));
+    }
+    let veth = host::create_veth(nl, netns, conf, ifname)?;
+    done.host_veth = Some(veth.index);
+    host::attach(nl, conf, &br, &veth)?;
+
+    let mut result = CniResult::default();
+    if conf.is_layer3() {
+        let r = ipam(conf, req, Command::Add)?.expect("ADD returns a result");
+        done.ipam = true;
+        if r.ips.is_empty() {
+            return Err(BridgeError::NoAddresses);
+        }
+        result.ips = r
+            .ips
+            .into_iter()
+            .map(|ip| IpConfig {
+                interface: Some(2),
+                ..ip
+            })
+            .collect();
+        result.routes = r.routes;
+        result.dns = r.dns;
+        if conf.is_default_gateway {
+            add_default_routes(&result.ips, &mut result.routes)?;
+        }
+    }
+    if let Some(dns) = conf.net.dns.as_ref().filter(|d| !d.is_empty()) {
+        result.dns = dns.clone();
+    }
+
+    let cont = container::configure(
+        netns,
+        &Setup {
+            ifname,
+            ips: &result.ips,
+            routes: &result.routes,
+            enable_dad: conf.enabledad,
+            up: !conf.disable_container_interface,
+        },
+    )?;
+    if conf.is_gateway {
+        host::ensure_gateways(nl, conf, &br, &result.ips)?;
+        host::enable_forwarding(&result.ips)?;
+    }
+    if conf.ip_masq && !result.ips.is_empty() {
+        let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
+        done.masquerade = true;
+        masquerade::add(&owner(conf, req), &addrs)?;
+    }
+
+    // Read back what the kernel holds now (MACs, MTUs).
+    let br = nl.link_by_index(br.index)?.unwrap_or(br);
+    let veth = nl.link_by_index(veth.index)?.unwrap_or(veth);
+    result.interfaces = vec![
+        interface(&br, None),
+        interface(&veth, None),
+        interface(&cont, Some(netns.path())),
+    ];
+    Ok(result)
+}
+
+fn interface(l: &Link, sandbox: Option<&Path>) -> Interface {
+    Interface {
+        name: l.name.clone(),
+        mac: l.mac_string(),
+        mtu: l.mtu,
+        sandbox: sandbox.map(|p| p.display().to_string()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// isDefaultGateway: a default route via the gateway of each family, unless
+/// IPAM already routes the default the same way.
+fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
+    for ip in ips {
+        let Some(gw) = ip.gateway else { continue };
+        let any: IpAddr = if gw.is_ipv4() {
+            [0u8; 4].into()
+        } else {
+            [0u16; 8].into()
+        };
+        let dst = IpNetwork::new(any, 0).expect("prefix 0");
+        match routes.iter().find(|r| r.dst == dst) {
+            Some(r) if r.gw.is_some_and(|g| g != gw) => {
+                return Err(BridgeError::DefaultRouteConflict(r.gw.expect("checked")));
+            }
+            Some(_) => {}
+            None => routes.push(Route::new(dst, Some(gw))),
+        }
+    }
+    Ok(())
+}
+
+/// DEL goes on past failures (release IPAM, remove masquerade, remove the
+/// interface) and reports the first. It needs neither the namespace nor the
+/// container's addresses to remove the masquerade rules.
+fn del(req: &Request) -> Result<()> {
+    let conf = BridgeConf::load(req)?;
+    let mut first: Option<BridgeError> = None;
+    if conf.is_layer3()
+        && let Err(e) = ipam(&conf, req, Command::Del)
+    {
+        first.get_or_insert(e);
+    }
+    if conf.ip_masq
+        && let Err(e) = masquerade::del(&owner(&conf, req))
+    {
+        first.get_or_insert(e.into());
+    }
+    if let Err(e) = remove_container_link(req).and_then(|gone| {
+        if gone {
+            Ok(())
+        } else {
+            remove_host_veth(req, &conf)
+        }
+    }) {
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Without a namespace to look in, the previous result still names the host
+/// end: delete it (which deletes the pair) if it is a veth on our bridge.
+fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
+    let Ok(Some(prev)) = req.conf.prev_result() else {
+        return Ok(());
+    };
+    let mut nl = Netlink::open()?;
+    let Some(br) = nl.link_by_name(&conf.bridge)? else {
+        return Ok(());
+    };
+    for i in prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+    {
+        if let Some(l) = nl.link_by_name(&i.name)?
+            && l.kind == Some(cni_kernel::packet_route::link::InfoKind::Veth)
+            && l.controller == Some(br.index)
+        {
+            match nl.delete_link(l.index) {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete the container's interface (and with it the pair). Returns false
+/// when there was no namespace to look in.
+fn remove_container_link(req: &Request) -> Result<bool> {
+    let Some(path) = req.env.netns.as_deref() else {
+        return Ok(false);
+    };
+    let Some(netns) = Netns::open_if_exists(path)? else {
+        return Ok(false);
+    };
+    let mut nl = netns.netlink()?;
+    if let Some(link) = nl.link_by_name(&req.env.ifname)? {
+        match nl.delete_link(link.index) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(true)
+}
+
+/// The network as ADD left it: bridge, veth pair on it, container addresses
+/// and routes from the previous result, the masquerade rules, the IPAM
+/// reservation.
+fn check(req: &Request) -> Result<()> {
+    let conf = BridgeConf::load(req)?;
+    let prev = req
+        .conf
+        .prev_result()?
+        .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
+    let drift = |m: String| Err(BridgeError::Drift(m));
+    if conf.is_layer3() {
+        ipam(&conf, req, Command::Check)?;
+    }
+    let mut nl = Netlink::open()?;
+    let Some(br) = nl.link_by_name(&conf.bridge)? else {
+        return drift(format!("bridge {} is gone", conf.bridge));
+    };
+    let netns = Netns::open(req.netns()?)?;
+    let mut cnl = netns.netlink()?;
+    let ifname = &req.env.ifname;
+    let Some(cont) = cnl.link_by_name(ifname)? else {
+        return drift(format!("interface {ifname} is gone"));
+    };
+    let host_end = match cont.peer {
+        Some(i) => nl.link_by_index(i)?,
+        None => None,
+    };
+    match host_end {
+        Some(h) if h.controller == Some(br.index) => {}
+        Some(h) => {
+            return drift(format!(
+                "{} is not attached to bridge {}",
+                h.name, conf.bridge
+            ));
+        }
+        None => return drift(format!("the host end of {ifname} is gone")),
+    }
+    if !conf.disable_container_interface && !cont.is_up() {
+        return drift(format!("{ifname} is down"));
+    }
+    let ours = |ip: &&IpConfig| {
+        ip.interface
+            .and_then(|i| prev.interfaces.get(i))
+            .is_some_and(|i| i.name == *ifname && !i.sandbox.is_empty())
+    };
+    let mine: Vec<IpConfig> = prev.ips.iter().filter(ours).cloned().collect();
+    let have: Vec<IpNetwork> = cnl
+        .addresses(Some(cont.index))?
+        .into_iter()
+        .map(|a| a.addr)
+        .collect();
+    for ip in &mine {
+        if !have.contains(&ip.address) {
+            return drift(format!("{ifname} lacks address {}", ip.address));
+        }
+    }
+    let routes = cnl.routes()?;
+    for r in &prev.routes {
+        let want = container::route_spec(r, &mine, cont.index);
+        let found = routes.iter().any(|k| {
+            k.dst == want.dst && k.gw == want.gw && (k.oif == want.oif || want.gw.is_some())
+        });
+        if !found {
+            return drift(format!("route to {} is gone", r.dst));
+        }
+    }
+    if conf.ip_masq && !mine.is_empty() {
+        let installed = masquerade::installed(&owner(&conf, req))?.unwrap_or_default();
+        if let Some(ip) = mine.iter().find(|i| !installed.contains(&i.address.ip())) {
+            return drift(format!("masquerade rule for {} is gone", ip.address.ip()));
+        }
+    }
+    Ok(())
+}
+
+/// Remove masquerade rules of attachments not in the valid list, and let the
+/// IPAM plugin collect its own. Goes on past failures, reports the first.
+fn gc(req: &Request) -> Result<()> {
+    let conf = BridgeConf::load(req)?;
+    let keep = req.gc_attachments()?;
+    let mut first: Option<BridgeError> = None;
+    if conf.is_layer3()
+        && let Err(e) = ipam(&conf, req, Command::Gc)
+    {
+        first.get_or_insert(e);
+    }
+    if masquerade::available().is_ok() {
+        match masquerade::owners(&conf.net.name) {
+            Ok(owners) => {
+                for (id, ifname) in owners {
+                    if keep
+                        .iter()
+                        .any(|a| a.container_id == id && a.ifname == ifname)
+                    {
+                        continue;
+                    }
+                    let o = MasqOwner {
+                        network: &conf.net.name,
+                        container_id: &id,
+                        ifname: &ifname,
+                    };
+                    if let Err(e) = masquerade::del(&o) {
+                        first.get_or_insert(e.into());
+                    }
+                }
+            }
+            Err(e) => {
+                first.get_or_insert(e.into());
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Ready when the kernel has bridges (and nf_tables if masquerading) and the
+/// IPAM plugin is ready.
+fn status(req: &Request) -> Result<(), CniError> {
+    let conf = BridgeConf::load(req)?;
+    let unavailable = |m: String| CniError::new(Code::NOT_AVAILABLE, m);
+    let bridge_exists = Netlink::open()
+        .and_then(|mut nl| nl.link_by_name(&conf.bridge))
+        .map_err(|e| unavailable(format!("netlink is not usable: {e}")))?
+        .is_some_and(|l| l.kind == Some(cni_kernel::packet_route::link::InfoKind::Bridge));
+    if !bridge_exists && !Path::new("/sys/module/bridge").exists() {
+        return Err(unavailable("the kernel has no bridge support".into()));
+    }
+    if conf.ip_masq {
+        masquerade::available()
+            .map_err(|e| unavailable(format!("nf_tables is not usable: {e}")))?;
+    }
+    if conf.is_layer3() {
+        ipam(&conf, req, Command::Status).map_err(CniError::from)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! A small nfnetlink (NETLINK_NETFILTER) transport for nf_tables: send a batch
+//! built by nftnl and collect its acknowledgements, and run GET requests and
+//! dumps whose replies are parsed here (nftnl 0.9 cannot parse kernel
+//! replies). Constants are from include/uapi/linux/netlink.h and
+//! include/uapi/linux/netfilter/nf_tables.h.
+
+use std::io;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use crate::error::{KernelError, Result};
+
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub const NFT_MSG_GETTABLE: u16 = 1;
+pub const NFT_MSG_NEWCHAIN: u16 = 3;
+pub const NFT_MSG_GETCHAIN: u16 = 4;
+pub const NFT_MSG_NEWRULE: u16 = 6;
+pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFPROTO_INET: u8 = 1;
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// The type bits of `nla_type`, without NLA_F_NESTED and NLA_F_NET_BYTEORDER.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+/// A dump interrupted by concurrent changes is retried this many times.
+const DUMP_ATTEMPTS: usize = 5;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One netlink message: its header fields and the payload after the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub msg_type: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub payload: &'a [u8],
+}
+
+/// Split a datagram into its netlink messages.
+pub fn messages(mut buf: &[u8]) -> std::result::Result<Vec<Message<'_>>, String> {
+    let mut out = Vec::new();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(format!(
+                "netlink message length {len} out of bounds ({} bytes left)",
+                buf.len()
+            ));
+        }
+        out.push(Message {
+            msg_type: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            seq: u32::from_ne_bytes(buf[8..12].try_into().unwrap()),
+            payload: &buf[NLMSG_HDRLEN..len],
+        });
+        buf = &buf[align4(len).min(buf.len())..];
+    }
+    Ok(out)
+}
+
+/// The errno of an NLMSG_ERROR payload (0 for an acknowledgement).
+fn error_code(payload: &[u8]) -> std::result::Result<i32, String> {
+    payload
+        .get(0..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| "short NLMSG_ERROR".to_owned())
+}
+
+/// The attributes of an nf_tables message: its payload after `nfgenmsg`.
+pub fn nft_attrs(payload: &[u8]) -> Attrs<'_> {
+    Attrs(payload.get(4..).unwrap_or_default())
+}
+
+/// An iterator over netlink attributes as `(type, payload)`, type without the
+/// nested/byte-order flags. Stops at the first malformed attribute.
+#[derive(Debug, Clone)]
+pub struct Attrs<'a>(pub &'a [u8]);
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (u16, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let buf = self.0;
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            self.0 = &[];
+            return None;
+        }
+        self.0 = &buf[align4(len).min(buf.len())..];
+        Some((kind, &buf[4..len]))
+    }
+}
+
+impl<'a> Attrs<'a> {
+    /// The payload of the first attribute of type `kind`.
+    pub fn get(&self, kind: u16) -> Option<&'a [u8]> {
+        Attrs(self.0).find(|(k, _)| *k == kind).map(|(_, v)| v)
+    }
+
+    /// A NUL-terminated string attribute.
+    pub fn get_str(&self, kind: u16) -> Option<&'a str> {
+        let v = self.get(kind)?;
+        let v = v.split(|b| *b == 0).next().unwrap_or_default();
+        std::str::from_utf8(v).ok()
+    }
+
+    /// A big-endian u32 attribute (nf_tables sends integers in network order).
+    pub fn get_be32(&self, kind: u16) -> Option<u32> {
+        self.get(kind)
+            .and_then(|v| v.get(0..4))
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+    }
+}
+
+/// Append one attribute (header, payload, padding) to `buf`.
+pub fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// A NUL-terminated string as an attribute payload.
+pub fn strz(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// An nf_tables request: header, `nfgenmsg` and attributes.
+fn request(msg_type: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + 4 + attrs.len();
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg_type).to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    // nfgenmsg: family, version (NFNETLINK_V0), res_id (big endian)
+    buf.extend_from_slice(&[family, 0, 0, 0]);
+    buf.extend_from_slice(attrs);
+    buf
+}
+
+/// A reply to a GET: its nf_tables message type and attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub msg_type: u16,
+    pub attrs: Vec<u8>,
+}
+
+impl Reply {
+    pub fn attrs(&self) -> Attrs<'_> {
+        Attrs(&self.attrs)
+    }
+}
+
+/// The outcome of one request: the replies, the kernel's errno if it
+/// refused, and whether a dump was interrupted by a concurrent change.
+struct Exchange {
+    replies: Vec<Reply>,
+    error: Option<io::Error>,
+    interrupted: bool,
+}
+
+/// A NETLINK_NETFILTER socket in the calling thread's network namespace.
+pub struct NfSocket {
+    socket: Socket,
+    seq: u32,
+    op: &'static str,
+}
+
+impl NfSocket {
+    pub fn open(op: &'static str) -> Result<NfSocket> {
+        let io = |source| KernelError::Netlink { op, source };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io)?;
+        socket.bind_auto().map_err(io)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+        // Acks then carry only the header of the message they answer.
+        let _ = socket.set_cap_ack(true);
+        Ok(NfSocket { socket, seq: 0, op })
+    }
+
+    fn io(&self, source: io::Error) -> KernelError {
+        KernelError::Netlink {
+            op: self.op,
+            source,
+        }
+    }
+
+    fn decode(&self, detail: String) -> KernelError {
+        KernelError::Decode {
+            op: self.op,
+            detail,
+        }
+    }
+
+    /// Send a finalized batch in one datagram and read every reply. The kernel
+    /// handles the batch inside `send`, so by the time it returns every
+    /// acknowledgement is queued (nft reads them the same way). Returns the
+    /// first error the kernel reported (the whole batch was then aborted), or
+    /// Ok when every message that asked for an ack (`acked`) was acked.
+    pub fn send_batch(
+        &mut self,
+        batch: &[u8],
+        acked: std::ops::Range<u32>,
+    ) -> Result<std::result::Result<(), io::Error>> {
+        self.socket.send(batch, 0).map_err(|e| self.io(e))?;
+        self.socket.set_non_blocking(true).map_err(|e| self.io(e))?;
+        let mut seen = vec![false; acked.len()];
+        let mut first_error = None;
+        loop {
+            let data = match self.socket.recv_from_full() {
+                Ok((data, _)) => data,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(self.io(e)),
+            };
+            for m in messages(&data).map_err(|d| self.decode(d))? {
+                if m.msg_type != NLMSG_ERROR {
+                    continue;
+                }
+                let code = error_code(m.payload).map_err(|d| self.decode(d))?;
+                if code != 0 {
+                    first_error.get_or_insert(io::Error::from_raw_os_error(-code));
+                } else if acked.contains(&m.seq) {
+                    seen[(m.seq - acked.start) as usize] = true;
+                }
+            }
+        }
+        self.socket
+            .set_non_blocking(false)
+            .map_err(|e| self.io(e))?;
+        if let Some(e) = first_error {
+            return Ok(Err(e));
+        }
+        if let Some(i) = seen.iter().position(|s| !s) {
+            return Err(self.decode(format!(
+                "no acknowledgement for batch message {}",
+                acked.start + i as u32
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// A GET for one object (REQUEST|ACK): its reply, or the kernel's errno
+    /// (ENOENT when the object does not exist).
+    pub fn get(
+        &mut self,
+        msg_type: u16,
+        attrs: &[u8],
+    ) -> Result<std::result::Result<Option<Reply>, io::Error>> {
+        let exchange = self.exchange(msg_type, NLM_F_REQUEST | NLM_F_ACK, attrs)?;
+        Ok(match exchange.error {
+            Some(e) => Err(e),
+            None => Ok(exchange.replies.into_iter().next()),
+        })
+    }
+
+    /// A dump (REQUEST|DUMP): every reply, or the kernel's errno. A dump the
+    /// kernel marks as interrupted by a concurrent change is retried.
+    pub fn dump(
+        &mut self,
+        msg_type: u16,
+        attrs: &[u8],
+    ) -> Result<std::result::Result<Vec<Reply>, io::Error>> {
+        for _ in 0..DUMP_ATTEMPTS {
+            let exchange = self.exchange(msg_type, NLM_F_REQUEST | NLM_F_DUMP, attrs)?;
+            if let Some(e) = exchange.error {
+                return Ok(Err(e));
+            }
+            if !exchange.interrupted {
+                return Ok(Ok(exchange.replies));
+            }
+        }
+        Ok(Err(io::Error::from_raw_os_error(nix::libc::EINTR)))
+    }
+
+    fn exchange(&mut self, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Exchange> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut interrupted = false;
+        let buf = request(msg_type, flags, self.seq, NFPROTO_INET, attrs);
+        self.socket.send(&buf, 0).map_err(|e| self.io(e))?;
+        let mut replies = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full().map_err(|e| self.io(e))?;
+            let msgs = messages(&data).map_err(|d| self.decode(d))?;
+            if msgs.is_empty() {
+                return Err(self.decode("empty datagram".to_owned()));
+            }
+            for m in msgs {
+                if m.seq != self.seq {
+                    continue; // a late reply to an earlier request
+                }
+                if m.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match m.msg_type {
+                    NLMSG_ERROR => {
+                        let code = error_code(m.payload).map_err(|d| self.decode(d))?;
+                        let error = (code != 0).then(|| io::Error::from_raw_os_error(-code));
+                        return Ok(Exchange {
+                            replies,
+                            error,
+                            interrupted,
+                        });
+                    }
+                    NLMSG_DONE => {
+                        // A dump that failed part way ends with its errno here.
+                        let code = error_code(m.payload).unwrap_or(0);
+                        let error = (code < 0).then(|| io::Error::from_raw_os_error(-code));
+                        return Ok(Exchange {
+                            replies,
+                            error,
+                            interrupted,
+                        });
+                    }
+                    t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
+                        replies.push(Reply {
+                            msg_type: t & 0xff,
+                            attrs: nft_attrs(m.payload).0.to_vec(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(len: usize, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(len as u32).to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(&flags.to_ne_bytes());
+        v.extend_from_slice(&seq.to_ne_bytes());
+        v.extend_from_slice(&0u32.to_ne_bytes());
+        v
+    }
+
+    #[test]
+    fn attributes_round_trip_with_padding_and_flags() {
+        let mut buf = Vec::new();
+        put_attr(&mut buf, 1, &strz("cni-rs")); // 4 + 7 -> padded to 12
+        put_attr(&mut buf, 3 | 0x8000, &[1, 2, 3, 4]); // nested flag is masked
+        put_attr(&mut buf, 5, &7u32.to_be_bytes());
+        assert_eq!(buf.len(), 12 + 8 + 8);
+        let all: Vec<_> = Attrs(&buf).collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1], (3, &[1u8, 2, 3, 4][..]));
+        assert_eq!(Attrs(&buf).get_str(1), Some("cni-rs"));
+        assert_eq!(Attrs(&buf).get_be32(5), Some(7));
+        assert_eq!(Attrs(&buf).get(9), None);
+    }
+
+    #[test]
+    fn malformed_attributes_end_the_iteration() {
+        // A length past the end of the buffer.
+        let buf = [40u8, 0, 1, 0, 0, 0, 0, 0];
+        assert_eq!(Attrs(&buf).count(), 0);
+        // A length shorter than the header.
+        let buf = [2u8, 0, 1, 0];
+        assert_eq!(Attrs(&buf).count(), 0);
+        // Trailing bytes too short for a header.
+        let mut buf = Vec::new();
+        put_attr(&mut buf, 2, &[9, 9, 9, 9]);
+        buf.extend_from_slice(&[1, 2]);
+        assert_eq!(Attrs(&buf).count(), 1);
+    }
+
+    #[test]
+    fn messages_are_split_and_bounds_checked() {
+        let mut data = header(16 + 4 + 6, (10 << 8) | 3, 0x2, 7);
+        data.extend_from_slice(&[1, 0, 0, 0]); // nfgenmsg
+        data.extend_from_slice(&[6, 0, 3, 0, b'x', 0]); // attr "x"
+        data.extend_from_slice(&[0, 0]); // padding
+        let mut err = header(16 + 4, NLMSG_ERROR, 0, 8);
+        err.extend_from_slice(&(-2i32).to_ne_bytes());
+        data.extend_from_slice(&err);
+        let msgs = messages(&data).unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].msg_type, (10 << 8) | 3);
+        assert_eq!(msgs[0].seq, 7);
+        assert_eq!(nft_attrs(msgs[0].payload).get_str(3), Some("x"));
+        assert_eq!(msgs[1].msg_type, NLMSG_ERROR);
+        assert_eq!(error_code(msgs[1].payload), Ok(-2));
+
+        let bad = header(64, NLMSG_DONE, 0, 1);
+        assert!(messages(&bad).is_err());
+    }
+
+    #[test]
+    fn requests_carry_the_nftables_subsystem_and_family() {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, 1, &strz("cni-rs"));
+        let buf = request(
+            NFT_MSG_GETCHAIN,
+            NLM_F_REQUEST | NLM_F_ACK,
+            3,
+            NFPROTO_INET,
+            &attrs,
+        );
+        let msgs = messages(&buf).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].msg_type, 0x0a04);
+        assert_eq!(msgs[0].flags, 0x5);
+        assert_eq!(&msgs[0].payload[..4], &[1, 0, 0, 0]);
+        assert_eq!(nft_attrs(msgs[0].payload).get_str(1), Some("cni-rs"));
+        assert_eq!(buf.len() % 4, 0);
+    }
+}
