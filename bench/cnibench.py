@@ -16,11 +16,13 @@ def build_launcher():
     return out
 
 
-def run(launcher, binary, env, stdin):
-    """Run one plugin invocation; return (wall ms, peak RSS KiB, stdout)."""
+def run(launcher, binary, env, stdin, netns=None):
+    """Run one plugin invocation, inside `netns` if given; return (wall ms,
+    peak RSS KiB, stdout)."""
     r, w = os.pipe()
     full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
-    p = subprocess.run([launcher, str(w), binary], input=stdin, env=full_env, capture_output=True, pass_fds=(w,))
+    where = ["--netns", netns] if netns else []
+    p = subprocess.run([launcher, str(w), *where, binary], input=stdin, env=full_env, capture_output=True, pass_fds=(w,))
     os.close(w)
     with os.fdopen(r) as f:
         ns, rss = f.read().split()

@@ -4,9 +4,15 @@
  * into a forked child across exec, so a child forked from Python reports
  * Python's RSS. Forked from this small program, the floor is this program's
  * own ~1 MiB, which is reported separately (run it on /bin/true) so it can
- * be told apart. stdin/stdout/stderr pass through to the program. */
+ * be told apart. stdin/stdout/stderr pass through to the program.
+ *
+ * With --netns PATH the child enters that network namespace before exec,
+ * as a runtime running in it would (nsenter would add its own exec). */
 #define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -15,14 +21,24 @@
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: spawn_rss REPORT_FD PROGRAM [ARGS...]\n");
+        fprintf(stderr, "usage: spawn_rss REPORT_FD [--netns PATH] PROGRAM [ARGS...]\n");
         return 2;
+    }
+    const char *netns = NULL;
+    int prog = 2;
+    if (argc > 4 && strcmp(argv[2], "--netns") == 0) {
+        netns = argv[3];
+        prog = 4;
     }
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     pid_t pid = fork();
     if (pid == 0) {
-        execv(argv[2], argv + 2);
+        if (netns) {
+            int fd = open(netns, O_RDONLY | O_CLOEXEC);
+            if (fd < 0 || setns(fd, CLONE_NEWNET) < 0) _exit(126);
+        }
+        execv(argv[prog], argv + prog);
         _exit(127);
     }
     int status;

@@ -1,50 +1,85 @@
 #!/usr/bin/env bash
-# A walk through what cni-rs does today, for someone who has never seen CNI.
-# Everything happens inside a throwaway network namespace that is removed at
-# the end, also on failure; the machine's own network is never touched.
+# What cni-rs does, shown to someone who has never seen CNI.
+#
+# Everything happens inside throwaway network namespaces that are removed at
+# the end, also on failure: one stands in for the machine ("host"), two for
+# containers. The machine's own network is never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[[ $(id -u) -eq 0 ]] || { echo "the demo needs root (it creates a network namespace)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "the demo needs root (it creates network namespaces)" >&2; exit 1; }
 
 bin=$PWD/target/debug
-ns=cnirs-demo-$$
+tag=$$
+host=cnirs-demo-host-$tag
+ctr_a=cnirs-demo-a-$tag
+ctr_b=cnirs-demo-b-$tag
 work=$(mktemp -d /tmp/cnirs-demo.XXXXXX)
 cleanup() {
-  ip netns del "$ns" 2>/dev/null || true
+  for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+in_host() { nsenter --net="/run/netns/$host" "$@"; }
 
-export NETCONFPATH=$PWD/conf CNI_PATH=$bin CNI_CACHE_DIR=$work/cache
+# The shipped config, with its address store moved into our temp dir.
+mkdir -p "$work/net.d"
+jq --arg d "$work/ipam" '.plugins[0].ipam.dataDir = $d' conf/10-cni-rs-bridge.conflist >"$work/net.d/10-cni-rs-bridge.conflist"
+export NETCONFPATH=$work/net.d CNI_PATH=$bin CNI_CACHE_DIR=$work/cache
 
-say "A container runtime gives each container a network namespace. We make one: $ns"
-run ip netns add "$ns"
-run ip -n "$ns" -br addr show
+say "A container runtime gives each container its own network namespace. We make two, plus one standing in for the host"
+run ip netns add "$host"
+run ip netns add "$ctr_a"
+run ip netns add "$ctr_b"
 
-say "Its loopback interface starts DOWN. The network config we will apply (conf/99-loopback.conflist):"
-cat conf/99-loopback.conflist
+say "The network config (conf/10-cni-rs-bridge.conflist): a bridge with addresses from host-local, then loopback"
+jq . "$work/net.d/10-cni-rs-bridge.conflist"
 
-say "cni-run does what a runtime does: run every plugin of the list with the CNI environment (ADD)"
-run "$bin/cni-run" add cni-loopback "/run/netns/$ns" | tee "$work/result.json"
+say "ADD: cni-run runs each plugin of the list as a runtime would, and prints the result"
+printf '$ cni-run add cni-rs-bridge /run/netns/%s\n' "$ctr_a"
+in_host "$bin/cni-run" add cni-rs-bridge "/run/netns/$ctr_a" | tee "$work/a.json"
+printf '$ cni-run add cni-rs-bridge /run/netns/%s   (result not shown)\n' "$ctr_b"
+in_host "$bin/cni-run" add cni-rs-bridge "/run/netns/$ctr_b" >"$work/b.json"
+ip_a=$(jq -r '.ips[0].address | split("/")[0]' "$work/a.json")
+ip_b=$(jq -r '.ips[0].address | split("/")[0]' "$work/b.json")
+gw=$(jq -r '.ips[0].gateway' "$work/a.json")
 
-say "lo is now UP with its addresses, as the result above says"
-run ip -n "$ns" -br addr show
+say "Inside container A: eth0 with its address, lo up, a default route via the bridge"
+run ip -n "$ctr_a" -br addr show
+run ip -n "$ctr_a" route show
 
-say "CHECK: the plugin verifies the container still looks like the result (silence means yes)"
-run "$bin/cni-run" check cni-loopback "/run/netns/$ns" && echo "check passed"
+say "On the host: the bridge cni0 holds the gateway $gw, and one veth per container is plugged into it"
+run ip -n "$host" -br addr show type bridge
+run ip -n "$host" -br link show type veth
 
-say "If someone takes lo down behind our back, CHECK notices"
-run ip -n "$ns" link set lo down
-if "$bin/cni-run" check cni-loopback "/run/netns/$ns"; then echo "check should have failed" >&2; exit 1; fi
+say "The containers reach each other and the gateway"
+run ip netns exec "$ctr_a" ping -c 1 -W 2 "$ip_b"
+run ip netns exec "$ctr_b" ping -c 1 -W 2 "$ip_a"
+run ip netns exec "$ctr_a" ping -c 1 -W 2 "$gw"
 
-say "DEL undoes ADD; DEL is idempotent, so a second one also succeeds"
-run "$bin/cni-run" del cni-loopback "/run/netns/$ns"
-run "$bin/cni-run" del cni-loopback "/run/netns/$ns"
-run ip -n "$ns" -br addr show
+say "ipMasq: one nftables chain per container, written over netlink (no iptables or nft process)"
+run ip netns exec "$host" nft list table inet cni-rs
+
+say "CHECK: the plugins verify the network still looks like the result (silence means yes)"
+run in_host "$bin/cni-run" check cni-rs-bridge "/run/netns/$ctr_a" && echo "check passed"
+
+say "If someone removes the container's address behind our back, CHECK notices"
+run ip -n "$ctr_a" addr flush dev eth0
+if in_host "$bin/cni-run" check cni-rs-bridge "/run/netns/$ctr_a"; then echo "check should have failed" >&2; exit 1; fi
+
+say "DEL undoes ADD, in reverse order; it is idempotent"
+run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_a"
+run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_b"
+run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_b"
+
+say "Nothing is left: no veths, no masquerade chains, no address reservations (the bridge stays, as with the reference)"
+run ip -n "$host" -br link show type veth
+run ip netns exec "$host" nft list table inet cni-rs
+printf '$ ls %s\n' "$work/ipam/cni-rs-bridge"
+ls "$work/ipam/cni-rs-bridge"
 
 say "Every plugin answers VERSION with the spec versions it speaks"
 for p in loopback bridge host-local portmap; do
@@ -52,10 +87,10 @@ for p in loopback bridge host-local portmap; do
 done
 
 say "Bad input gets a spec-shaped error on stdout and a non-zero exit, never a crash"
-printf '$ echo "{not json" | CNI_COMMAND=ADD ... loopback\n'
-echo '{not json' | CNI_COMMAND=ADD CNI_CONTAINERID=demo CNI_NETNS=/run/netns/$ns CNI_IFNAME=eth0 "$bin/loopback" || echo "(exit $?)"
+printf '$ echo "{not json" | CNI_COMMAND=ADD ... bridge\n'
+echo '{not json' | CNI_COMMAND=ADD CNI_CONTAINERID=demo CNI_NETNS="/run/netns/$ctr_a" CNI_IFNAME=eth0 in_host "$bin/bridge" || echo "(exit $?)"
 
-say "Clean-up: the namespace goes away"
-ip netns del "$ns"
-ip netns list | grep -q "^$ns" && { echo "namespace left behind" >&2; exit 1; }
+say "Clean-up: the namespaces go away"
+for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns"; done
+if ip netns list | grep -q "cnirs-demo-.*-$tag"; then echo "namespaces left behind" >&2; exit 1; fi
 echo "nothing left behind"
