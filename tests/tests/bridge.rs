@@ -683,7 +683,7 @@ fn status_forwards_to_ipam() {
 #[test]
 fn twenty_concurrent_adds_on_a_new_bridge() {
     let w = World::new();
-    let c = w.conf("1.0.0", json!({"ipMasq": true}));
+    let c = w.conf("1.0.0", json!({"ipMasq": true, "macspoofchk": true}));
     let results: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..20)
             .map(|i| {
@@ -703,4 +703,187 @@ fn twenty_concurrent_adds_on_a_new_bridge() {
         .collect();
     assert_eq!(addrs.len(), 20);
     assert_eq!(w.links_of_type("bridge").len(), 1);
+    assert_eq!(spoof_chain_names(&w).len(), 20);
+}
+
+/// The spoof check chains in `bridge cni-rs` of the host namespace, each as
+/// (chain, its base-chain settings, its rules' expressions and comments).
+fn spoof_chains(w: &World) -> Vec<(String, Value, Vec<Value>)> {
+    let Some(t) = w.host.nft_table("bridge", "cni-rs") else {
+        return Vec::new();
+    };
+    let objs = t["nftables"].as_array().unwrap();
+    objs.iter()
+        .filter_map(|o| o.get("chain"))
+        .filter(|c| c["name"].as_str().unwrap().starts_with("spoof/"))
+        .map(|c| {
+            let name = c["name"].as_str().unwrap().to_owned();
+            let rules = objs
+                .iter()
+                .filter_map(|o| o.get("rule"))
+                .filter(|r| r["chain"] == name.as_str())
+                .cloned()
+                .collect();
+            (name, c.clone(), rules)
+        })
+        .collect()
+}
+
+fn spoof_chain_names(w: &World) -> Vec<String> {
+    let mut names: Vec<String> = spoof_chains(w).into_iter().map(|c| c.0).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn spoof_check_drops_a_forged_source_mac() {
+    let w = World::new();
+    let (a, b) = (Netns::new("bra"), Netns::new("brb"));
+    let c = w.conf("1.1.0", json!({"macspoofchk": true}));
+    let ra = w.add(&a, "ctr-a", &c);
+    w.add(&b, "ctr-b", &c);
+    let veth_a = ra["interfaces"][1]["name"].as_str().unwrap().to_owned();
+    let mac_a = ra["interfaces"][2]["mac"].as_str().unwrap().to_owned();
+    assert_eq!(a.ip_json(&["link", "show", "eth0"])[0]["address"], mac_a);
+
+    // One base chain per owner, hooked before the bridge decides anything,
+    // dropping frames from the host veth whose source is not the container's.
+    assert_eq!(
+        spoof_chain_names(&w),
+        ["spoof/brnet/ctr-a/eth0", "spoof/brnet/ctr-b/eth0"]
+    );
+    let (_, chain, rules) = spoof_chains(&w)
+        .into_iter()
+        .find(|c| c.0 == "spoof/brnet/ctr-a/eth0")
+        .unwrap();
+    assert_eq!(chain["type"], "filter", "{chain}");
+    assert_eq!(chain["hook"], "prerouting", "{chain}");
+    assert_eq!(chain["prio"], -300, "{chain}");
+    assert_eq!(chain["policy"], "accept", "{chain}");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["comment"], "cni-rs macspoofchk: brnet ctr-a eth0");
+    let expr = &rules[0]["expr"];
+    assert_eq!(
+        expr[0]["match"],
+        json!({"op": "==", "left": {"meta": {"key": "iifname"}}, "right": veth_a}),
+        "{expr}"
+    );
+    assert_eq!(
+        expr[1]["match"],
+        json!({"op": "!=", "left": {"payload": {"protocol": "ether", "field": "saddr"}}, "right": mac_a}),
+        "{expr}"
+    );
+    assert!(expr[2].get("counter").is_some(), "{expr}");
+    assert!(expr[3].get("drop").is_some(), "{expr}");
+    let dropped = |w: &World| {
+        spoof_chains(w)
+            .into_iter()
+            .find(|c| c.0 == "spoof/brnet/ctr-a/eth0")
+            .map(|c| c.2[0]["expr"][2]["counter"]["packets"].as_u64().unwrap())
+            .unwrap()
+    };
+
+    assert!(a.ping(&w.ip(3)), "a cannot reach b");
+    assert!(b.ping(&w.ip(2)), "b cannot reach a");
+    assert_eq!(dropped(&w), 0);
+
+    // A forged source MAC: A's frames are dropped at the bridge.
+    a.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"]);
+    assert!(cni_tests::wait_for(|| {
+        a.ip_json(&["link", "show", "eth0"])[0]["address"] == "0a:58:de:ad:be:ef"
+    }));
+    assert!(!a.ping(&w.ip(3)), "a reached b with a forged MAC");
+    assert!(dropped(&w) > 0, "nothing counted as dropped");
+    // B is not affected by A's check.
+    assert!(b.ping(&w.ip(1)), "b cannot reach the gateway");
+
+    // The real MAC back: A gets through again.
+    a.ip(&["link", "set", "eth0", "address", &mac_a]);
+    assert!(
+        cni_tests::wait_for(|| a.ping(&w.ip(3))),
+        "a cannot reach b with its own MAC back"
+    );
+
+    // CHECK: as ADD left it; then a MAC the check does not enforce; then the
+    // chain flushed behind the plugin's back.
+    let mut with_prev = c.clone();
+    with_prev["prevResult"] = ra.clone();
+    w.call("CHECK", "ctr-a", &with_prev)
+        .netns(&a)
+        .run()
+        .silent_success();
+    let mut other_mac = with_prev.clone();
+    other_mac["prevResult"]["interfaces"][2]["mac"] = json!("0a:58:de:ad:be:ef");
+    let e = w
+        .call("CHECK", "ctr-a", &other_mac)
+        .netns(&a)
+        .run()
+        .error(101);
+    assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &w.host.name,
+            "nft",
+            "flush",
+            "chain",
+            "bridge",
+            "cni-rs",
+            "spoof/brnet/ctr-a/eth0",
+        ],
+    );
+    let e = w
+        .call("CHECK", "ctr-a", &with_prev)
+        .netns(&a)
+        .run()
+        .error(101);
+    assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
+    // With the check gone, the forged MAC gets through: what CHECK is for.
+    a.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"]);
+    assert!(
+        cni_tests::wait_for(|| a.ping(&w.ip(3))),
+        "a cannot reach b without a check"
+    );
+    a.ip(&["link", "set", "eth0", "address", &mac_a]);
+
+    // DEL with an empty CNI_NETNS removes the chain (and again: nothing to do).
+    for _ in 0..2 {
+        w.call("DEL", "ctr-a", &with_prev)
+            .var("CNI_NETNS", Some(""))
+            .run()
+            .silent_success();
+        assert_eq!(spoof_chain_names(&w), ["spoof/brnet/ctr-b/eth0"]);
+    }
+
+    // GC removes the chains of attachments not listed.
+    let c3 = Netns::new("brc");
+    w.add(&c3, "ctr-c", &c);
+    assert_eq!(
+        spoof_chain_names(&w),
+        ["spoof/brnet/ctr-b/eth0", "spoof/brnet/ctr-c/eth0"]
+    );
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-c", "ifname": "eth0"}]);
+    w.call("GC", "", &gc).run().silent_success();
+    assert_eq!(spoof_chain_names(&w), ["spoof/brnet/ctr-c/eth0"]);
+    assert_eq!(w.reservations(), 1);
+
+    // DEL with the namespace removes the interface and the chain.
+    w.call("DEL", "ctr-c", &c).netns(&c3).run().silent_success();
+    assert!(spoof_chain_names(&w).is_empty());
+    assert!(!c3.link_names().contains(&"eth0".to_string()));
+
+    // An ADD failing after the check was installed (a foreign gateway on the
+    // bridge) takes it away again.
+    let w = World::new();
+    w.host.ip(&["link", "add", &w.bridge, "type", "bridge"]);
+    w.host
+        .ip(&["addr", "add", "192.168.77.1/24", "dev", &w.bridge]);
+    let c = w.conf("1.1.0", json!({"macspoofchk": true}));
+    w.call("ADD", "ctr-a", &c).netns(&a).run().error(7);
+    assert!(w.host.nft_table("bridge", "cni-rs").is_some());
+    assert!(spoof_chain_names(&w).is_empty());
+    assert!(w.links_of_type("veth").is_empty());
 }

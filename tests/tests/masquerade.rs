@@ -364,7 +364,13 @@ fn available_and_unusable_owners() {
     let o = owner(&long, "0123456789abcdef", "eth0");
     let e = within(&ns, || masquerade::add(&o, &nets(&["10.1.0.5/16"]))).unwrap_err();
     assert!(
-        matches!(e, KernelError::MasqueradeNameTooLong { .. }),
+        matches!(
+            e,
+            KernelError::NftNameTooLong {
+                what: "masquerade",
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("too long for masquerade"), "{e}");
@@ -378,7 +384,7 @@ fn available_and_unusable_owners() {
 
     let colon = owner("net1", "ctr/1", "eth0");
     let e = within(&ns, || masquerade::add(&colon, &nets(&["10.1.0.5/16"]))).unwrap_err();
-    assert!(matches!(e, KernelError::MasqueradeOwner(_)), "{e:?}");
+    assert!(matches!(e, KernelError::NftOwner { .. }), "{e:?}");
     del(&ns, &colon);
     assert!(table(&ns.name).is_none());
 }

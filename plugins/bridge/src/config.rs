@@ -112,12 +112,6 @@ impl BridgeConf {
             (None, Some(m)) => Some(parse_mac(m).map_err(CniError::invalid_env)?),
             (None, None) => None,
         };
-        if c.macspoofchk {
-            return Err(CniError::new(
-                cni_types::Code::UNSUPPORTED_FIELD,
-                "macspoofchk is not supported yet",
-            ));
-        }
         if c.disable_container_interface && c.is_layer3() {
             return Err(CniError::invalid_config(
                 "cannot use IPAM when disableContainerInterface is set",

@@ -23,6 +23,8 @@ pub enum BridgeError {
     DefaultRouteConflict(IpAddr),
     #[error("{0}")]
     Drift(String),
+    #[error("container interface {0:?} has no Ethernet address to enforce")]
+    NoMac(String),
     #[error(
         "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), which vlan and vlanTrunk need"
     )]
@@ -47,7 +49,7 @@ impl From<BridgeError> for CniError {
             | BridgeError::BridgeAddress { .. }
             | BridgeError::DefaultRouteConflict(_) => Code::INVALID_CONFIG,
             BridgeError::InterfaceExists(_) => Code(100),
-            BridgeError::NoVlanFiltering => Code::IO_FAILURE,
+            BridgeError::NoVlanFiltering | BridgeError::NoMac(_) => Code::IO_FAILURE,
             BridgeError::Drift(_) => Code(101),
             BridgeError::NoAddresses => Code(102),
         };

@@ -148,12 +148,17 @@ pub fn ensure_gateways(
             nl.del_address(br.index, old)?;
             have.retain(|a| *a != old);
         }
-        if want.is_ipv6() {
+        let added = if want.is_ipv6() {
             sysctl::write(&format!("net/ipv6/conf/{}/disable_ipv6", conf.bridge), "0")?;
             // No duplicate address detection: containers reach the gateway at once.
-            nl.add_address_nodad(br.index, want)?;
+            nl.add_address_nodad(br.index, want)
         } else {
-            nl.add_address(br.index, want)?;
+            nl.add_address(br.index, want)
+        };
+        match added {
+            // A concurrent ADD put the same address there first.
+            Err(e) if e.errno() == Some(Errno::EEXIST) => {}
+            other => other?,
         }
         have.push(want);
     }

@@ -1,5 +1,6 @@
 //! The bridge plugin: a veth pair per container, its host end on a Linux
-//! bridge, addresses from the IPAM plugin, optional gateway and masquerade.
+//! bridge, addresses from the IPAM plugin, optional gateway, masquerade and
+//! MAC spoof check.
 
 mod config;
 mod container;

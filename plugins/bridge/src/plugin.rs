@@ -1,13 +1,14 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::masquerade::{self, MasqOwner};
-use cni_kernel::{Link, Netlink, Netns};
+use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, spoofcheck};
 use cni_types::invoke::delegate;
-use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route};
+use cni_types::{
+    Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
+};
 use ipnetwork::IpNetwork;
 
-use crate::config::BridgeConf;
+use crate::config::{BridgeConf, parse_mac};
 use crate::container::{self, Setup};
 use crate::error::{BridgeError, Result};
 use crate::host;
@@ -40,8 +41,8 @@ impl Plugin for Bridge {
     }
 }
 
-fn owner<'a>(conf: &'a BridgeConf, req: &'a Request) -> MasqOwner<'a> {
-    MasqOwner {
+fn owner<'a>(conf: &'a BridgeConf, req: &'a Request) -> NftOwner<'a> {
+    NftOwner {
         network: &conf.net.name,
         container_id: &req.env.container_id,
         ifname: &req.env.ifname,
@@ -64,6 +65,7 @@ struct Done {
     host_veth: Option<u32>,
     ipam: bool,
     masquerade: bool,
+    spoofcheck: bool,
 }
 
 fn add(req: &Request) -> Result<CniResult> {
@@ -74,6 +76,9 @@ fn add(req: &Request) -> Result<CniResult> {
     let outcome = add_steps(req, &conf, &netns, &mut host_nl, &mut done);
     if outcome.is_err() {
         // Undo in reverse. Deleting the host end deletes the container end.
+        if done.spoofcheck {
+            let _ = spoofcheck::del(&owner(&conf, req));
+        }
         if done.masquerade {
             let _ = masquerade::del(&owner(&conf, req));
         }
@@ -138,6 +143,11 @@ fn add_steps(
             up: !conf.disable_container_interface,
         },
     )?;
+    if conf.macspoofchk {
+        let mac = mac_of(&cont).ok_or_else(|| BridgeError::NoMac(cont.name.clone()))?;
+        done.spoofcheck = true;
+        spoofcheck::add(&owner(conf, req), &veth.name, mac)?;
+    }
     if conf.is_gateway {
         host::ensure_gateways(nl, conf, &br, &result.ips)?;
         host::enable_forwarding(&result.ips)?;
@@ -157,6 +167,11 @@ fn add_steps(
         interface(&cont, Some(netns.path())),
     ];
     Ok(result)
+}
+
+/// A link's Ethernet address.
+fn mac_of(l: &Link) -> Option<[u8; 6]> {
+    l.mac.as_deref().and_then(|m| m.try_into().ok())
 }
 
 fn interface(l: &Link, sandbox: Option<&Path>) -> Interface {
@@ -191,9 +206,9 @@ fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
     Ok(())
 }
 
-/// DEL goes on past failures (release IPAM, remove masquerade, remove the
-/// interface) and reports the first. It needs neither the namespace nor the
-/// container's addresses to remove the masquerade rules.
+/// DEL goes on past failures (release IPAM, remove masquerade and spoof
+/// check, remove the interface) and reports the first. It needs neither the
+/// namespace nor the container's addresses to remove the nftables rules.
 fn del(req: &Request) -> Result<()> {
     let conf = BridgeConf::load(req)?;
     let mut first: Option<BridgeError> = None;
@@ -204,6 +219,11 @@ fn del(req: &Request) -> Result<()> {
     }
     if conf.ip_masq
         && let Err(e) = masquerade::del(&owner(&conf, req))
+    {
+        first.get_or_insert(e.into());
+    }
+    if conf.macspoofchk
+        && let Err(e) = spoofcheck::del(&owner(&conf, req))
     {
         first.get_or_insert(e.into());
     }
@@ -267,8 +287,8 @@ fn remove_container_link(req: &Request) -> Result<bool> {
 }
 
 /// The network as ADD left it: bridge, veth pair on it, container addresses
-/// and routes from the previous result, the masquerade rules, the IPAM
-/// reservation.
+/// and routes from the previous result, the masquerade rules, the MAC spoof
+/// check, the IPAM reservation.
 fn check(req: &Request) -> Result<()> {
     let conf = BridgeConf::load(req)?;
     let prev = req
@@ -338,11 +358,54 @@ fn check(req: &Request) -> Result<()> {
             return drift(format!("masquerade rule for {} is gone", ip.address.ip()));
         }
     }
+    if conf.macspoofchk {
+        check_spoofcheck(req, &conf, &prev)?;
+    }
     Ok(())
 }
 
-/// Remove masquerade rules of attachments not in the valid list, and let the
-/// IPAM plugin collect its own. Goes on past failures, reports the first.
+/// The spoof check enforces the container interface's MAC on the host veth,
+/// both as the previous result names them.
+fn check_spoofcheck(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<()> {
+    let drift = |m: String| Err(BridgeError::Drift(m));
+    let ifname = &req.env.ifname;
+    let Some(host_veth) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+    else {
+        return drift("prevResult names no host veth".into());
+    };
+    let Some(mac) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == *ifname && !i.sandbox.is_empty())
+        .and_then(|i| parse_mac(&i.mac).ok())
+    else {
+        return drift(format!("prevResult gives no MAC for {ifname}"));
+    };
+    let mac_str = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match spoofcheck::installed(&owner(conf, req))? {
+        None => drift(format!("MAC spoof check for {} is gone", host_veth.name)),
+        Some((h, m)) if h != host_veth.name || m != mac => drift(format!(
+            "MAC spoof check enforces {} on {h}, not {} on {}",
+            mac_str(m),
+            mac_str(mac),
+            host_veth.name
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Remove masquerade rules and spoof checks of attachments not in the valid
+/// list (whatever the config says now, so turning an option off does not
+/// leak), and let the IPAM plugin collect its own. Goes on past failures,
+/// reports the first.
 fn gc(req: &Request) -> Result<()> {
     let conf = BridgeConf::load(req)?;
     let keep = req.gc_attachments()?;
@@ -353,31 +416,47 @@ fn gc(req: &Request) -> Result<()> {
         first.get_or_insert(e);
     }
     if masquerade::available().is_ok() {
-        match masquerade::owners(&conf.net.name) {
-            Ok(owners) => {
-                for (id, ifname) in owners {
-                    if keep
-                        .iter()
-                        .any(|a| a.container_id == id && a.ifname == ifname)
-                    {
-                        continue;
-                    }
-                    let o = MasqOwner {
-                        network: &conf.net.name,
-                        container_id: &id,
-                        ifname: &ifname,
-                    };
-                    if let Err(e) = masquerade::del(&o) {
-                        first.get_or_insert(e.into());
-                    }
-                }
-            }
-            Err(e) => {
-                first.get_or_insert(e.into());
-            }
-        }
+        let owners = masquerade::owners(&conf.net.name);
+        gc_chains(&conf, &keep, owners, masquerade::del, &mut first);
+    }
+    if spoofcheck::available().is_ok() {
+        let owners = spoofcheck::owners(&conf.net.name);
+        gc_chains(&conf, &keep, owners, spoofcheck::del, &mut first);
     }
     first.map_or(Ok(()), Err)
+}
+
+/// Delete the chains of `owners` not in `keep`, noting the first failure.
+fn gc_chains(
+    conf: &BridgeConf,
+    keep: &[Attachment],
+    owners: Result<Vec<(String, String)>, KernelError>,
+    del: fn(&NftOwner) -> Result<(), KernelError>,
+    first: &mut Option<BridgeError>,
+) {
+    let owners = match owners {
+        Ok(owners) => owners,
+        Err(e) => {
+            first.get_or_insert(e.into());
+            return;
+        }
+    };
+    for (id, ifname) in owners {
+        if keep
+            .iter()
+            .any(|a| a.container_id == id && a.ifname == ifname)
+        {
+            continue;
+        }
+        let o = NftOwner {
+            network: &conf.net.name,
+            container_id: &id,
+            ifname: &ifname,
+        };
+        if let Err(e) = del(&o) {
+            first.get_or_insert(e.into());
+        }
+    }
 }
 
 /// Ready when the kernel has bridges (and nf_tables if masquerading) and the

@@ -31,14 +31,22 @@ pub enum KernelError {
         object: String,
         source: io::Error,
     },
+    /// An owner whose chain name would not fit; `what` names the kind of
+    /// rules (masquerade, macspoofchk).
     #[error(
-        "network name {network:?} is too long for masquerade: its chain name would be {len} bytes, at most 255"
+        "network name {network:?} is too long for {what}: its chain name would be {len} bytes, at most 255"
     )]
-    MasqueradeNameTooLong { network: String, len: usize },
+    NftNameTooLong {
+        what: &'static str,
+        network: String,
+        len: usize,
+    },
     #[error(
-        "cannot masquerade for {0:?}: network name, container id and ifname must be non-empty, without ':' or NUL"
+        "cannot set up {what} for {owner:?}: network name, container id and ifname must be non-empty, without '/' or NUL"
     )]
-    MasqueradeOwner(String),
+    NftOwner { what: &'static str, owner: String },
+    #[error("invalid interface name {0:?}")]
+    InvalidIfname(String),
 }
 
 impl KernelError {
@@ -66,7 +74,7 @@ impl KernelError {
 
 /// The one place kernel failures become CNI codes: a missing namespace means
 /// the container is gone (3), a path that is not a namespace is a bad
-/// `CNI_NETNS` (4), a network name too long to name its masquerade chain is
+/// `CNI_NETNS` (4), a network name too long to name its nftables chains is
 /// invalid config (7), anything the kernel refused (nftables included) is an
 /// I/O failure (5).
 impl From<KernelError> for CniError {
@@ -74,7 +82,7 @@ impl From<KernelError> for CniError {
         let code = match &e {
             KernelError::NetnsNotFound(_) => Code::UNKNOWN_CONTAINER,
             KernelError::NotANetns(_) => Code::INVALID_ENV,
-            KernelError::MasqueradeNameTooLong { .. } | KernelError::MasqueradeOwner(_) => {
+            KernelError::NftNameTooLong { .. } | KernelError::NftOwner { .. } => {
                 Code::INVALID_CONFIG
             }
             _ => Code::IO_FAILURE,

@@ -1,6 +1,7 @@
 //! Kernel effects shared by the plugins: network namespaces as fds, a
 //! blocking rtnetlink socket opened inside a namespace, and link, address,
-//! route and sysctl operations with errno-aware errors.
+//! route and sysctl operations with errno-aware errors, and rules in our own
+//! nftables tables (masquerade, MAC spoof check).
 
 pub mod addr;
 pub mod error;
@@ -9,7 +10,9 @@ pub mod masquerade;
 pub mod netlink;
 pub mod netns;
 mod nfnetlink;
+mod nft;
 pub mod route;
+pub mod spoofcheck;
 pub mod sysctl;
 
 pub use addr::Address;
@@ -17,6 +20,7 @@ pub use error::KernelError;
 pub use link::Link;
 pub use netlink::Netlink;
 pub use netns::Netns;
+pub use nft::NftOwner;
 pub use route::RouteSpec;
 
 /// The message crates, for plugins that build their own requests.

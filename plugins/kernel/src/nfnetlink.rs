@@ -16,7 +16,6 @@ pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
-pub const NFPROTO_INET: u8 = 1;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -254,29 +253,32 @@ impl NfSocket {
         Ok(Ok(()))
     }
 
-    /// A GET for one object (REQUEST|ACK): its reply, or the kernel's errno
-    /// (ENOENT when the object does not exist).
+    /// A GET for one object of `family` (REQUEST|ACK): its reply, or the
+    /// kernel's errno (ENOENT when the object does not exist).
     pub fn get(
         &mut self,
+        family: u8,
         msg_type: u16,
         attrs: &[u8],
     ) -> Result<std::result::Result<Option<Reply>, io::Error>> {
-        let exchange = self.exchange(msg_type, NLM_F_REQUEST | NLM_F_ACK, attrs)?;
+        let exchange = self.exchange(family, msg_type, NLM_F_REQUEST | NLM_F_ACK, attrs)?;
         Ok(match exchange.error {
             Some(e) => Err(e),
             None => Ok(exchange.replies.into_iter().next()),
         })
     }
 
-    /// A dump (REQUEST|DUMP): every reply, or the kernel's errno. A dump the
-    /// kernel marks as interrupted by a concurrent change is retried.
+    /// A dump (REQUEST|DUMP) of the objects of `family` (NFPROTO_UNSPEC: of
+    /// every family): every reply, or the kernel's errno. A dump the kernel
+    /// marks as interrupted by a concurrent change is retried.
     pub fn dump(
         &mut self,
+        family: u8,
         msg_type: u16,
         attrs: &[u8],
     ) -> Result<std::result::Result<Vec<Reply>, io::Error>> {
         for _ in 0..DUMP_ATTEMPTS {
-            let exchange = self.exchange(msg_type, NLM_F_REQUEST | NLM_F_DUMP, attrs)?;
+            let exchange = self.exchange(family, msg_type, NLM_F_REQUEST | NLM_F_DUMP, attrs)?;
             if let Some(e) = exchange.error {
                 return Ok(Err(e));
             }
@@ -287,10 +289,16 @@ impl NfSocket {
         Ok(Err(io::Error::from_raw_os_error(nix::libc::EINTR)))
     }
 
-    fn exchange(&mut self, msg_type: u16, flags: u16, attrs: &[u8]) -> Result<Exchange> {
+    fn exchange(
+        &mut self,
+        family: u8,
+        msg_type: u16,
+        flags: u16,
+        attrs: &[u8],
+    ) -> Result<Exchange> {
         self.seq = self.seq.wrapping_add(1);
         let mut interrupted = false;
-        let buf = request(msg_type, flags, self.seq, NFPROTO_INET, attrs);
+        let buf = request(msg_type, flags, self.seq, family, attrs);
         self.socket.send(&buf, 0).map_err(|e| self.io(e))?;
         let mut replies = Vec::new();
         loop {
@@ -412,7 +420,7 @@ mod tests {
             NFT_MSG_GETCHAIN,
             NLM_F_REQUEST | NLM_F_ACK,
             3,
-            NFPROTO_INET,
+            nix::libc::NFPROTO_INET as u8,
             &attrs,
         );
         let msgs = messages(&buf).unwrap();
