@@ -1,8 +1,10 @@
 """Shared pieces of the benchmarks: the C launcher that times a plugin run
-and reads its own peak RSS, and summary statistics."""
+and reads its own peak RSS, and the report of results by store/node size."""
+import csv
 import os
 import statistics
 import subprocess
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OURS_DIR = os.path.join(HERE, "..", "target", "release")
@@ -37,3 +39,37 @@ def median(xs):
 
 def p90(xs):
     return statistics.quantiles(xs, n=10)[-1]
+
+
+def report(name, title, rows, sizes):
+    """Write the raw rows (existing, round, impl, command, wall_ms, maxrss_kib)
+    to results/<name>-<date>.csv, and print and save a summary: medians and
+    p90s per size with ours/reference ratios, growth from the smallest to the
+    largest size, peak RSS."""
+    stamp = time.strftime("%Y-%m-%d")
+    raw = os.path.join(HERE, "results", f"{name}-{stamp}.csv")
+    with open(raw, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["existing", "round", "impl", "command", "wall_ms", "maxrss_kib"])
+        w.writerows(rows)
+
+    def pick(n, impl, cmd, col=4):
+        return [r[col] for r in rows if r[0] == n and r[2] == impl and r[3] == cmd]
+
+    out = [f"{title}; raw: {os.path.relpath(raw, HERE)}", f"{'':22}{'cni-rs':>12}{'reference':>12}{'ours/ref':>10}"]
+    for n in sizes:
+        for cmd in ("ADD", "DEL"):
+            a, b = pick(n, "cni-rs", cmd), pick(n, "reference", cmd)
+            out.append(f"{cmd + ' median ms @' + str(n):22}{median(a):12.3f}{median(b):12.3f}{median(a) / median(b):10.2f}")
+            out.append(f"{cmd + ' p90 ms @' + str(n):22}{p90(a):12.3f}{p90(b):12.3f}{p90(a) / p90(b):10.2f}")
+    lo, hi = sizes[0], sizes[-1]
+    for cmd in ("ADD", "DEL"):
+        for impl in ("cni-rs", "reference"):
+            grow = median(pick(hi, impl, cmd)) / median(pick(lo, impl, cmd))
+            out.append(f"{impl} {cmd} median @{hi} / @{lo}: {grow:.2f}x")
+    out.append(f"peak RSS KiB @{hi}: cni-rs {max(pick(hi, 'cni-rs', 'ADD', 5))}, "
+               f"reference {max(pick(hi, 'reference', 'ADD', 5))}")
+    summary = "\n".join(out)
+    print(summary)
+    with open(os.path.join(HERE, "results", f"{name}-{stamp}.txt"), "w") as f:
+        f.write(summary + "\n")

@@ -15,16 +15,14 @@ within 1.5x).
 
 Usage: bench/host_local_bench.py [ROUNDS] [N ...]   (as root)
 """
-import csv
 import ipaddress
 import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 
-from cnibench import HERE, OURS_DIR, REF_DIR, build_launcher, median, p90, run
+from cnibench import OURS_DIR, REF_DIR, build_launcher, report, run
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 SIZES = [int(x) for x in sys.argv[2:]] or [0, 5000]
@@ -77,34 +75,7 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
         os.unlink(launcher)
 
-    stamp = time.strftime("%Y-%m-%d")
-    raw = os.path.join(HERE, "results", f"host-local-{stamp}.csv")
-    with open(raw, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["existing", "round", "impl", "command", "wall_ms", "maxrss_kib"])
-        w.writerows(rows)
-
-    def pick(n, impl, cmd, col=4):
-        return [r[col] for r in rows if r[0] == n and r[2] == impl and r[3] == cmd]
-
-    out = [f"host-local: {ROUNDS} rounds of ADD+DEL per store size, alternating; raw: {os.path.relpath(raw, HERE)}",
-           f"{'':22}{'cni-rs':>12}{'reference':>12}{'ours/ref':>10}"]
-    for n in SIZES:
-        for cmd in ("ADD", "DEL"):
-            a, b = pick(n, "cni-rs", cmd), pick(n, "reference", cmd)
-            out.append(f"{cmd + ' median ms @' + str(n):22}{median(a):12.3f}{median(b):12.3f}{median(a) / median(b):10.2f}")
-            out.append(f"{cmd + ' p90 ms @' + str(n):22}{p90(a):12.3f}{p90(b):12.3f}{p90(a) / p90(b):10.2f}")
-    lo, hi = SIZES[0], SIZES[-1]
-    for cmd in ("ADD", "DEL"):
-        for impl in ("cni-rs", "reference"):
-            grow = median(pick(hi, impl, cmd)) / median(pick(lo, impl, cmd))
-            out.append(f"{impl} {cmd} median @{hi} / @{lo}: {grow:.2f}x")
-    out.append(f"peak RSS KiB @{hi}: cni-rs {max(pick(hi, 'cni-rs', 'ADD', 5))}, reference {max(pick(hi, 'reference', 'ADD', 5))}")
-    summary = "\n".join(out)
-    print(summary)
-    with open(os.path.join(HERE, "results", f"host-local-{stamp}.txt"), "w") as f:
-        f.write(summary + "\n")
-
+    report("host-local", f"host-local: {ROUNDS} rounds of ADD+DEL per store size, alternating", rows, SIZES)
 
 if __name__ == "__main__":
     main()
