@@ -3,6 +3,15 @@
 
 use crate::error::CniError;
 
+/// Keys runtimes send to every plugin (kubelet, CRI-O, podman): accepted by
+/// [`CniArgs::check_known`] whatever the plugin knows.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+];
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs {
     pairs: Vec<(String, String)>,
@@ -39,8 +48,8 @@ impl CniArgs {
             .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
     }
 
-    /// Refuse keys outside `known` unless `IgnoreUnknown` is set, as the
-    /// reference plugins do.
+    /// Refuse keys outside `known` (and [`RUNTIME_KEYS`]) unless
+    /// `IgnoreUnknown` is set, as the reference plugins do.
     pub fn check_known(&self, known: &[&str]) -> Result<(), CniError> {
         if self.ignore_unknown() {
             return Ok(());
@@ -49,7 +58,7 @@ impl CniArgs {
             .pairs
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| *k != "IgnoreUnknown" && !known.contains(k))
+            .filter(|k| *k != "IgnoreUnknown" && !known.contains(k) && !RUNTIME_KEYS.contains(k))
             .collect();
         if unknown.is_empty() {
             Ok(())

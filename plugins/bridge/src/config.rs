@@ -3,17 +3,11 @@
 
 use cni_types::{CniError, NetConf, Request, validate};
 
-/// CNI_ARGS keys the bridge (and the IPAM plugin it runs) understand, or that
-/// runtimes commonly send; others need IgnoreUnknown=1.
-const KNOWN_ARGS: &[&str] = &[
-    "MAC",
-    "IP",
-    "K8S_POD_NAMESPACE",
-    "K8S_POD_NAME",
-    "K8S_POD_INFRA_CONTAINER_ID",
-    "K8S_POD_UID",
-];
 use serde::Deserialize;
+
+/// CNI_ARGS keys the bridge (and the IPAM plugin it runs) read; others,
+/// besides the runtimes' own, need IgnoreUnknown=1.
+const KNOWN_ARGS: &[&str] = &["MAC", "IP"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

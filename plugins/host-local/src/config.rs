@@ -12,16 +12,9 @@ use crate::ip;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
-/// CNI_ARGS keys host-local understands or knows to be the runtime's; others
-/// need IgnoreUnknown=1, as in the reference.
-const KNOWN_ARGS: &[&str] = &[
-    "IP",
-    "MAC",
-    "K8S_POD_NAMESPACE",
-    "K8S_POD_NAME",
-    "K8S_POD_INFRA_CONTAINER_ID",
-    "K8S_POD_UID",
-];
+/// CNI_ARGS keys host-local reads (IP) or is handed by the bridge (MAC);
+/// others, besides the runtimes' own, need IgnoreUnknown=1, as in the reference.
+const KNOWN_ARGS: &[&str] = &["IP", "MAC"];
 
 /// The `ipam` object as written.
 #[derive(Debug, Clone, Deserialize)]
