@@ -241,7 +241,7 @@ fn add_passes_each_result_on_and_caches_the_last() {
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         result,
-        json!({"cniVersion": "1.1.0", "ips": [{"address": "10.0.0.3/24"}]})
+        json!({"cniVersion": "1.1.0", "ips": [{"address": "10.0.0.3/24"}], "dns": {}})
     );
     assert!(out.contains("\n    \"ips\""), "{out}");
     assert_eq!(
@@ -261,7 +261,8 @@ fn add_passes_each_result_on_and_caches_the_last() {
         json!({
             "cniVersion": "1.1.0",
             "interfaces": [{"name": "eth0", "sandbox": "/x"}],
-            "ips": [{"address": "10.0.0.2/24", "interface": 0}]
+            "ips": [{"address": "10.0.0.2/24", "interface": 0}],
+            "dns": {}
         })
     );
     assert_eq!(f.stdin("a", "VERSION"), json!({"cniVersion": "1.1.0"}));
@@ -624,7 +625,7 @@ fn single_conf_files_are_run_as_one_plugin_lists() {
     let out: Value = serde_json::from_str(&f.ok(&["add", "net", "ns"], &[])).unwrap();
     assert_eq!(
         out,
-        json!({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.0.0.2/24"}]})
+        json!({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.0.0.2/24"}], "dns": {}})
     );
     assert_eq!(f.stdin("a", "ADD")["x"], 1);
     // DEL of a 0.3.1 list passes no cached result, but still forgets it

@@ -24,7 +24,8 @@ pub struct CniResult {
     pub ips: Vec<IpConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    /// Always written, even empty, as the reference plugins do.
+    #[serde(default)]
     pub dns: Dns,
 }
 
@@ -127,7 +128,7 @@ struct LegacyResult {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    #[serde(default)]
     dns: Dns,
 }
 
@@ -387,7 +388,7 @@ mod tests {
         // newer versions can express an L2-only result
         assert_eq!(
             r.to_version(Version::V1_0_0).unwrap(),
-            json!({"cniVersion": "1.0.0"})
+            json!({"cniVersion": "1.0.0", "dns": {}})
         );
     }
 

@@ -243,6 +243,12 @@ impl Call {
         }
     }
 
+    /// Run another binary with the same environment (e.g. a reference plugin).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Call {
+        self.bin = path.into();
+        self
+    }
+
     /// Run the plugin inside `host`, the throwaway namespace standing in for
     /// the machine's own: the bridge, host veths and rules land there.
     pub fn in_host(mut self, host: &Netns) -> Call {

@@ -73,7 +73,7 @@ fn legacy_versions_get_the_ip4_ip6_shape() {
         let r = call("ADD", &ns, &conf(version)).run().success();
         assert_eq!(
             r,
-            json!({"cniVersion": version, "ip4": {"ip": "127.0.0.1/8"}, "ip6": {"ip": "::1/128"}})
+            json!({"cniVersion": version, "ip4": {"ip": "127.0.0.1/8"}, "ip6": {"ip": "::1/128"}, "dns": {}})
         );
         assert_lo_up(&ns);
     }
