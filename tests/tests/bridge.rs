@@ -634,32 +634,38 @@ fn masquerade_rules_follow_the_container() {
         "{text}"
     );
     assert!(text.contains(&w.ip(2)), "{text}");
+    // Each address is dispatched to its owner's chain by the base chain.
+    let (chain_a, chain_b) = ("masq/brnet/ctr-a/eth0", "masq/brnet/ctr-b/eth0");
+    assert_eq!(
+        map_elements(&w, "inet", "masq4"),
+        [(w.ip(2), chain_a.to_owned()), (w.ip(3), chain_b.to_owned())]
+    );
+    assert_eq!(chain_rules(&w, "inet", "masquerading").len(), 2);
 
-    // CHECK notices a removed chain.
+    // CHECK notices a removed map element, and a flushed chain.
     let mut with_prev = c.clone();
     with_prev["prevResult"] = ra;
-    w.call("CHECK", "ctr-a", &with_prev)
-        .netns(&a)
-        .run()
-        .silent_success();
-    must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &w.host.name,
-            "nft",
-            "flush",
-            "chain",
-            "inet",
-            "cni-rs",
-            "masq/brnet/ctr-a/eth0",
-        ],
+    let check = |verdict: Option<u64>| {
+        let run = w.call("CHECK", "ctr-a", &with_prev).netns(&a).run();
+        match verdict {
+            None => run.silent_success(),
+            Some(code) => {
+                run.error(code);
+            }
+        }
+    };
+    check(None);
+    let element = format!("{{ {} }}", w.ip(2));
+    host_nft(
+        &w,
+        &["delete", "element", "inet", "cni-rs", "masq4", &element],
     );
-    w.call("CHECK", "ctr-a", &with_prev)
-        .netns(&a)
-        .run()
-        .error(101);
+    check(Some(101));
+    let element = format!("{{ {} : jump {chain_a} }}", w.ip(2));
+    host_nft(&w, &["add", "element", "inet", "cni-rs", "masq4", &element]);
+    check(None);
+    host_nft(&w, &["flush", "chain", "inet", "cni-rs", chain_a]);
+    check(Some(101));
 
     // GC removes the rules (and reservations) of attachments not listed.
     let mut gc = c.clone();
@@ -667,6 +673,10 @@ fn masquerade_rules_follow_the_container() {
     w.call("GC", "", &gc).run().silent_success();
     let text = w.host.nft_table("inet", "cni-rs").unwrap().to_string();
     assert!(!text.contains("ctr-b"), "{text}");
+    assert_eq!(
+        map_elements(&w, "inet", "masq4"),
+        [(w.ip(2), chain_a.to_owned())]
+    );
     assert_eq!(w.reservations(), 1);
 }
 
@@ -704,6 +714,11 @@ fn twenty_concurrent_adds_on_a_new_bridge() {
     assert_eq!(addrs.len(), 20);
     assert_eq!(w.links_of_type("bridge").len(), 1);
     assert_eq!(spoof_chain_names(&w).len(), 20);
+    // Every one dispatched through the maps, set up once.
+    assert_eq!(map_elements(&w, "bridge", "spoof").len(), 20);
+    assert_eq!(map_elements(&w, "inet", "masq4").len(), 20);
+    assert_eq!(chain_rules(&w, "bridge", "spoofcheck").len(), 1);
+    assert_eq!(chain_rules(&w, "inet", "masquerading").len(), 2);
 }
 
 /// The spoof check chains in `bridge cni-rs` of the host namespace, each as
@@ -735,6 +750,53 @@ fn spoof_chain_names(w: &World) -> Vec<String> {
     names
 }
 
+/// The elements of a verdict map in the host namespace's `cni-rs` table of
+/// `family`, as (key, chain it jumps to), sorted.
+fn map_elements(w: &World, family: &str, map: &str) -> Vec<(String, String)> {
+    let Some(t) = w.host.nft_table(family, "cni-rs") else {
+        return Vec::new();
+    };
+    let mut elems: Vec<(String, String)> = t["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["map"]["name"] == map)
+        .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e[0].as_str().unwrap().to_owned(),
+                e[1]["jump"]["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    elems.sort();
+    elems
+}
+
+/// `nft ARGS...` in the host namespace, behind the plugin's back.
+fn host_nft(w: &World, args: &[&str]) {
+    let mut full = vec!["netns", "exec", &w.host.name, "nft"];
+    full.extend_from_slice(args);
+    must("ip", &full);
+}
+
+/// The rules of a chain in the host namespace's `cni-rs` table of `family`.
+fn chain_rules(w: &World, family: &str, chain: &str) -> Vec<Value> {
+    w.host
+        .nft_table(family, "cni-rs")
+        .map(|t| {
+            t["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|o| o.get("rule"))
+                .filter(|r| r["chain"] == chain)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn spoof_check_drops_a_forged_source_mac() {
     let w = World::new();
@@ -746,8 +808,27 @@ fn spoof_check_drops_a_forged_source_mac() {
     let mac_a = ra["interfaces"][2]["mac"].as_str().unwrap().to_owned();
     assert_eq!(a.ip_json(&["link", "show", "eth0"])[0]["address"], mac_a);
 
-    // One base chain per owner, hooked before the bridge decides anything,
-    // dropping frames from the host veth whose source is not the container's.
+    // One base chain, hooked before the bridge decides anything, sends the
+    // frames of each host veth to its owner's chain, which drops those whose
+    // source is not the container's.
+    let t = w.host.nft_table("bridge", "cni-rs").unwrap();
+    let base = t["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["chain"]["name"] == "spoofcheck")
+        .map(|o| o["chain"].clone())
+        .expect("base chain spoofcheck");
+    assert_eq!(base["type"], "filter", "{base}");
+    assert_eq!(base["hook"], "prerouting", "{base}");
+    assert_eq!(base["prio"], -300, "{base}");
+    assert_eq!(base["policy"], "accept", "{base}");
+    let dispatch = chain_rules(&w, "bridge", "spoofcheck");
+    assert_eq!(dispatch.len(), 1, "{dispatch:?}");
+    assert_eq!(
+        dispatch[0]["expr"][0]["vmap"],
+        json!({"key": {"meta": {"key": "iifname"}}, "data": "@spoof"})
+    );
     assert_eq!(
         spoof_chain_names(&w),
         ["spoof/brnet/ctr-a/eth0", "spoof/brnet/ctr-b/eth0"]
@@ -756,10 +837,12 @@ fn spoof_check_drops_a_forged_source_mac() {
         .into_iter()
         .find(|c| c.0 == "spoof/brnet/ctr-a/eth0")
         .unwrap();
-    assert_eq!(chain["type"], "filter", "{chain}");
-    assert_eq!(chain["hook"], "prerouting", "{chain}");
-    assert_eq!(chain["prio"], -300, "{chain}");
-    assert_eq!(chain["policy"], "accept", "{chain}");
+    assert!(chain.get("hook").is_none(), "{chain}");
+    assert!(
+        map_elements(&w, "bridge", "spoof")
+            .contains(&(veth_a.clone(), "spoof/brnet/ctr-a/eth0".to_owned()))
+    );
+    assert_eq!(map_elements(&w, "bridge", "spoof").len(), 2);
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["comment"], "cni-rs macspoofchk: brnet ctr-a eth0");
     let expr = &rules[0]["expr"];
@@ -805,7 +888,7 @@ fn spoof_check_drops_a_forged_source_mac() {
     );
 
     // CHECK: as ADD left it; then a MAC the check does not enforce; then the
-    // chain flushed behind the plugin's back.
+    // map element deleted, and the chain flushed, behind the plugin's back.
     let mut with_prev = c.clone();
     with_prev["prevResult"] = ra.clone();
     w.call("CHECK", "ctr-a", &with_prev)
@@ -820,13 +903,29 @@ fn spoof_check_drops_a_forged_source_mac() {
         .run()
         .error(101);
     assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
-    must(
-        "ip",
+    let element = format!("{{ \"{veth_a}\" }}");
+    host_nft(
+        &w,
+        &["delete", "element", "bridge", "cni-rs", "spoof", &element],
+    );
+    let e = w
+        .call("CHECK", "ctr-a", &with_prev)
+        .netns(&a)
+        .run()
+        .error(101);
+    assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
+    let element = format!("{{ \"{veth_a}\" : jump spoof/brnet/ctr-a/eth0 }}");
+    host_nft(
+        &w,
+        &["add", "element", "bridge", "cni-rs", "spoof", &element],
+    );
+    w.call("CHECK", "ctr-a", &with_prev)
+        .netns(&a)
+        .run()
+        .silent_success();
+    host_nft(
+        &w,
         &[
-            "netns",
-            "exec",
-            &w.host.name,
-            "nft",
             "flush",
             "chain",
             "bridge",
@@ -848,13 +947,17 @@ fn spoof_check_drops_a_forged_source_mac() {
     );
     a.ip(&["link", "set", "eth0", "address", &mac_a]);
 
-    // DEL with an empty CNI_NETNS removes the chain (and again: nothing to do).
+    // DEL with an empty CNI_NETNS removes the chain and its element, though
+    // the flushed chain no longer names the key (and again: nothing to do).
     for _ in 0..2 {
         w.call("DEL", "ctr-a", &with_prev)
             .var("CNI_NETNS", Some(""))
             .run()
             .silent_success();
         assert_eq!(spoof_chain_names(&w), ["spoof/brnet/ctr-b/eth0"]);
+        let elems = map_elements(&w, "bridge", "spoof");
+        assert_eq!(elems.len(), 1, "{elems:?}");
+        assert_eq!(elems[0].1, "spoof/brnet/ctr-b/eth0");
     }
 
     // GC removes the chains of attachments not listed.
@@ -873,6 +976,7 @@ fn spoof_check_drops_a_forged_source_mac() {
     // DEL with the namespace removes the interface and the chain.
     w.call("DEL", "ctr-c", &c).netns(&c3).run().silent_success();
     assert!(spoof_chain_names(&w).is_empty());
+    assert!(map_elements(&w, "bridge", "spoof").is_empty());
     assert!(!c3.link_names().contains(&"eth0".to_string()));
 
     // An ADD failing after the check was installed (a foreign gateway on the

@@ -11,6 +11,7 @@ pub mod netlink;
 pub mod netns;
 mod nfnetlink;
 mod nft;
+mod nft_ffi;
 pub mod route;
 pub mod spoofcheck;
 pub mod sysctl;

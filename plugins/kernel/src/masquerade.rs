@@ -1,17 +1,28 @@
 //! Masquerade (source NAT to the outgoing interface's address) for container
 //! addresses, in our own nftables table `inet cni-rs`.
 //!
-//! Each attachment (owner = network name + container id + ifname) gets its
-//! own nat base chain `masq/<network>/<container id>/<ifname>`, hooked at
-//! postrouting with priority 100 (srcnat), holding one rule per container
-//! address: `ip saddr <addr> ip daddr != <its subnet> ip daddr != 224.0.0.0/4
-//! masquerade` (for IPv6 `ff00::/8`), each with a comment naming the owner.
-//! Chain naming, the one-transaction writes and the reads are shared with
+//! One nat base chain `masquerading`, hooked at postrouting with priority
+//! 100 (srcnat), policy accept, dispatches on the source address through two
+//! verdict maps: `meta nfproto ipv4 ip saddr vmap @masq4` and
+//! `meta nfproto ipv6 ip6 saddr vmap @masq6` (`masq4 { type ipv4_addr :
+//! verdict }`, `masq6 { type ipv6_addr : verdict }`). (Not `masquerade`: nft
+//! 1.0.6 cannot parse a chain of that name, so `nft list ruleset` would no
+//! longer load back.)
+//!
+//! Each attachment (owner = network name + container id + ifname) gets a
+//! regular chain `masq/<network>/<container id>/<ifname>` holding one rule
+//! per container address, `ip saddr <addr> ip daddr != <its subnet> ip daddr
+//! != 224.0.0.0/4 masquerade` (for IPv6 `ff00::/8`), each with a comment
+//! naming the owner, and one map element per address, `<addr> : jump
+//! masq/...`. The `ip saddr` match repeats the map's key: it is how DEL and
+//! CHECK recover the owner's keys from its own chain. Setup, the
+//! one-transaction writes and the reads are shared with
 //! [`crate::spoofcheck`] (see `nft.rs`).
 //!
-//! One base chain per owner costs nothing at packet time: nat chains are only
-//! evaluated for the first packet of a connection, and evaluation stops at the
-//! first masquerade, so N base chains cost what N rules in one chain cost.
+//! At packet time: nat chains are only evaluated for the first packet of a
+//! connection, and then the base chain costs one hash lookup whatever the
+//! number of containers (a base chain per owner, as before, hit the kernel's
+//! limit of 1024 hook entries per hook, and walked every owner).
 //!
 //! Everything acts in the network namespace of the calling thread (the
 //! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
@@ -24,25 +35,78 @@ use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Ipv4HeaderField, Ipv6HeaderField, Masquerade, Meta, NetworkHeaderField,
     Payload,
 };
-use nftnl::{Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
+use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
 use nix::libc;
 
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::Attrs;
-use crate::nft::{self, ChainKind, Expr, NFT_CMP_EQ, NFT_PAYLOAD_NETWORK_HEADER};
+use crate::nft::{self, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_PAYLOAD_NETWORK_HEADER};
+use crate::nft_ffi::{IPV4_ADDR, IPV6_ADDR, VerdictLookup};
 
 pub use crate::nft::{NftOwner, NftOwner as MasqOwner, TABLE};
 
-/// Chains `masq/<network>/<container id>/<ifname>` in `inet cni-rs`, nat
-/// hooked at postrouting with priority 100 (srcnat).
+const MASQ4: MapSpec = MapSpec {
+    name: "masq4",
+    key: IPV4_ADDR,
+    id: 1,
+};
+const MASQ6: MapSpec = MapSpec {
+    name: "masq6",
+    key: IPV6_ADDR,
+    id: 2,
+};
+
+/// Base chain `masquerading` in `inet cni-rs`, nat hooked at postrouting
+/// with priority 100 (srcnat), dispatching to the regular chains
+/// `masq/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
     family: ProtoFamily::Inet,
     prefix: "masq",
     what: "masquerade",
+    base: "masquerading",
     chain_type: ChainType::Nat,
     hook: Hook::PostRouting,
     priority: 100,
+    maps: &[MASQ4, MASQ6],
+    dispatch,
+    rule_key: |rule| rule_source(rule).map(|ip| key(&ip)),
 };
+
+/// The base chain's rules: `meta nfproto ipv4 ip saddr vmap @masq4` and
+/// `meta nfproto ipv6 ip6 saddr vmap @masq6`.
+fn dispatch(batch: &mut Batch, chain: &Chain) {
+    use Ipv4HeaderField::Saddr as Saddr4;
+    use Ipv6HeaderField::Saddr as Saddr6;
+    for (nfproto, saddr, map) in [
+        (libc::NFPROTO_IPV4, NetworkHeaderField::Ipv4(Saddr4), &MASQ4),
+        (libc::NFPROTO_IPV6, NetworkHeaderField::Ipv6(Saddr6), &MASQ6),
+    ] {
+        let name = nft::cstring(map.name);
+        let mut rule = Rule::new(chain);
+        rule.add_expr(&Meta::NfProto);
+        rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto as u8));
+        rule.add_expr(&Payload::Network(saddr));
+        rule.add_expr(&VerdictLookup {
+            map: &name,
+            map_id: map.id,
+        });
+        batch.add(&rule, MsgType::Add);
+    }
+}
+
+/// An address's key: in `masq4` or `masq6`.
+fn key(ip: &IpAddr) -> MapKey {
+    match ip {
+        IpAddr::V4(ip) => MapKey {
+            map: MASQ4.name,
+            key: ip.octets().to_vec(),
+        },
+        IpAddr::V6(ip) => MapKey {
+            map: MASQ6.name,
+            key: ip.octets().to_vec(),
+        },
+    }
+}
 /// Offsets and lengths of the source address in the IPv4 and IPv6 headers.
 const IPV4_SADDR: (u32, u32) = (12, 4);
 const IPV6_SADDR: (u32, u32) = (8, 16);
@@ -96,28 +160,34 @@ fn rule<'a>(chain: &'a Chain<'a>, addr: &IpNetwork, comment: &str) -> Rule<'a> {
     rule
 }
 
-/// Install or replace the owner's rules for `addrs` in one transaction:
-/// create the table and the chain if missing, flush the chain, add one rule
-/// per address. With no addresses this is [`del`].
+/// Install or replace the owner's rules for `addrs` in one transaction
+/// (after setting up the base chain and maps once per namespace): create
+/// the owner's chain if missing, flush it, add one rule per address, and
+/// map each address to the chain (taking the address over from another
+/// owner's chain it may still map to, and dropping the owner's elements of
+/// addresses it no longer has). With no addresses this is [`del`].
 pub fn add(owner: &NftOwner, addrs: &[IpNetwork]) -> Result<(), KernelError> {
     if addrs.is_empty() {
         return del(owner);
     }
-    KIND.replace(owner, "add masquerade", |batch, chain, comment| {
+    let keys: Vec<MapKey> = addrs.iter().map(|a| key(&a.ip())).collect();
+    KIND.replace(owner, "add masquerade", &keys, |batch, chain, comment| {
         for addr in addrs {
             batch.add(&rule(chain, addr, comment), MsgType::Add);
         }
     })
 }
 
-/// Remove the owner's chain and its rules in one transaction (flush, then
-/// delete the chain). Nothing to remove (no chain, no table) is success.
+/// Remove the owner's map elements and chain in one transaction. Elements
+/// of its addresses that now map to another owner's chain are left alone.
+/// Nothing to remove (no chain, no table) is success.
 pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
     KIND.delete(owner, "delete masquerade")
 }
 
-/// The container addresses the owner's chain masquerades, as the kernel has
-/// them, or `None` when the chain does not exist.
+/// The container addresses the owner masquerades, as the kernel has them:
+/// those with a rule in the owner's chain and a map element jumping to it;
+/// `None` when the chain does not exist.
 pub fn installed(owner: &NftOwner) -> Result<Option<Vec<IpAddr>>, KernelError> {
     let rules = KIND.rules(owner, "list masquerade")?;
     Ok(rules.map(|rules| {
@@ -159,7 +229,8 @@ fn rule_source(rule: Attrs) -> Option<IpAddr> {
     None
 }
 
-/// Every `(container id, ifname)` with a masquerade chain for `network`.
+/// Every `(container id, ifname)` with a masquerade chain for `network`
+/// (read from the chain names alone).
 pub fn owners(network: &str) -> Result<Vec<(String, String)>, KernelError> {
     KIND.owners(network, "list masquerade chains")
 }
@@ -185,9 +256,23 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_addresses_in_the_map_of_their_family() {
+        let v4 = key(&"10.1.0.5".parse().unwrap());
+        assert_eq!((v4.map, v4.key.as_slice()), ("masq4", &[10u8, 1, 0, 5][..]));
+        let v6 = key(&"fd00::5".parse().unwrap());
+        assert_eq!(v6.map, "masq6");
+        assert_eq!(v6.key.len(), 16);
+        assert_eq!(KIND.maps.len(), 2);
+        assert_eq!(KIND.maps[0].key.len, 4);
+        assert_eq!(KIND.maps[1].key.len, 16);
+        assert_ne!(MASQ4.id, MASQ6.id);
+    }
+
+    #[test]
     fn names_and_comments() {
         let o = owner("net1", "ctr-1", "eth0");
         assert_eq!(KIND.chain_name(&o).unwrap(), "masq/net1/ctr-1/eth0");
+        assert_eq!(KIND.parse_chain_name(KIND.base, "net1"), None);
         assert_eq!(KIND.comment(&o), "cni-rs masquerade: net1 ctr-1 eth0");
         let long = "n".repeat(250);
         let e = KIND.chain_name(&owner(&long, "c", "eth0")).unwrap_err();
@@ -261,11 +346,10 @@ mod tests {
                 "cni-rs masquerade: n c eth0",
             );
             let attrs = written(&rule, "masq/n/c/eth0");
-            assert_eq!(
-                rule_source(Attrs(&attrs)),
-                Some(ip.parse().unwrap()),
-                "{addr}"
-            );
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(rule_source(Attrs(&attrs)), Some(ip), "{addr}");
+            // The key DEL and CHECK look up is the element ADD writes.
+            assert_eq!((KIND.rule_key)(Attrs(&attrs)), Some(key(&ip)), "{addr}");
         }
     }
 }

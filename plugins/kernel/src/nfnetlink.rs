@@ -16,6 +16,24 @@ pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_NEWSETELEM: u16 = 12;
+pub const NFT_MSG_GETSETELEM: u16 = 13;
+
+// Set element lists (NEWSETELEM/GETSETELEM) and the data they carry.
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+pub const NFTA_DATA_VALUE: u16 = 1;
+pub const NFTA_DATA_VERDICT: u16 = 2;
+pub const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// NFT_JUMP: a verdict that continues in the named chain and comes back.
+pub const NFT_JUMP: i32 = -3;
+/// Marks an attribute whose payload is more attributes.
+const NLA_F_NESTED: u16 = 0x8000;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -136,6 +154,83 @@ pub fn strz(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
+}
+
+/// The attributes of a GETSETELEM of set `set` in table `table`: with a
+/// key, a request for that one element (the kernel answers with the
+/// element, or ENOENT); without, the request of a dump of every element.
+pub fn set_elem_request(table: &str, set: &str, key: Option<&[u8]>) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &strz(table));
+    put_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &strz(set));
+    if let Some(key) = key {
+        let mut value = Vec::new();
+        put_attr(&mut value, NFTA_DATA_VALUE, key);
+        let mut elem = Vec::new();
+        put_attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value);
+        let mut list = Vec::new();
+        put_attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
+        put_attr(
+            &mut attrs,
+            NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+            &list,
+        );
+    }
+    attrs
+}
+
+/// A verdict as the kernel reports it: the code (NF_ACCEPT, NF_DROP,
+/// NFT_JUMP, ...) and, for a jump or goto, the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    pub code: i32,
+    pub chain: Option<&'a str>,
+}
+
+impl Verdict<'_> {
+    /// The chain a `jump` verdict continues in.
+    pub fn jump(&self) -> Option<&str> {
+        self.chain.filter(|_| self.code == NFT_JUMP)
+    }
+}
+
+/// One element of a set or map as the kernel reports it: its key and, in a
+/// verdict map, its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetElem<'a> {
+    pub key: &'a [u8],
+    pub verdict: Option<Verdict<'a>>,
+}
+
+/// The elements of a NEWSETELEM message (the reply to a GETSETELEM, or one
+/// message of a dump), given its attributes. Elements without a key are
+/// skipped.
+pub fn set_elements(attrs: Attrs<'_>) -> impl Iterator<Item = SetElem<'_>> {
+    Attrs(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS).unwrap_or_default())
+        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+        .filter_map(|(_, elem)| {
+            let elem = Attrs(elem);
+            let key = Attrs(elem.get(NFTA_SET_ELEM_KEY)?).get(NFTA_DATA_VALUE)?;
+            let verdict = elem
+                .get(NFTA_SET_ELEM_DATA)
+                .and_then(|d| Attrs(d).get(NFTA_DATA_VERDICT))
+                .and_then(|v| {
+                    let v = Attrs(v);
+                    Some(Verdict {
+                        code: v.get_be32(NFTA_VERDICT_CODE)? as i32,
+                        chain: v.get_str(NFTA_VERDICT_CHAIN),
+                    })
+                });
+            Some(SetElem { key, verdict })
+        })
+}
+
+/// The table and set a NEWSETELEM message is about.
+pub fn set_elem_owner(attrs: Attrs<'_>) -> (Option<&str>, Option<&str>) {
+    (
+        attrs.get_str(NFTA_SET_ELEM_LIST_TABLE),
+        attrs.get_str(NFTA_SET_ELEM_LIST_SET),
+    )
 }
 
 /// An nf_tables request: header, `nfgenmsg` and attributes.
@@ -430,5 +525,102 @@ mod tests {
         assert_eq!(&msgs[0].payload[..4], &[1, 0, 0, 0]);
         assert_eq!(nft_attrs(msgs[0].payload).get_str(1), Some("cni-rs"));
         assert_eq!(buf.len() % 4, 0);
+    }
+
+    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_attr(&mut v, kind, payload);
+        v
+    }
+
+    /// One element as the kernel reports it: key, and optionally a verdict.
+    fn element(key: &[u8], verdict: Option<(i32, Option<&str>)>) -> Vec<u8> {
+        let mut e = nla(NFTA_SET_ELEM_KEY | NLA_F_NESTED, &nla(NFTA_DATA_VALUE, key));
+        if let Some((code, chain)) = verdict {
+            let mut v = nla(NFTA_VERDICT_CODE, &code.to_be_bytes());
+            if let Some(chain) = chain {
+                v.extend(nla(NFTA_VERDICT_CHAIN, &strz(chain)));
+            }
+            let data = nla(NFTA_DATA_VERDICT | NLA_F_NESTED, &v);
+            e.extend(nla(NFTA_SET_ELEM_DATA | NLA_F_NESTED, &data));
+        }
+        e.extend(nla(3, &0u32.to_be_bytes())); // NFTA_SET_ELEM_FLAGS
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &e)
+    }
+
+    fn reply(elements: &[Vec<u8>]) -> Vec<u8> {
+        let mut r = nla(NFTA_SET_ELEM_LIST_TABLE, &strz("cni-rs"));
+        r.extend(nla(NFTA_SET_ELEM_LIST_SET, &strz("masq4")));
+        r.extend(nla(
+            NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED,
+            &elements.concat(),
+        ));
+        r
+    }
+
+    #[test]
+    fn a_set_element_request_names_the_key() {
+        let one = set_elem_request("cni-rs", "spoof", Some(b"veth0\0\0\0"));
+        let attrs = Attrs(&one);
+        assert_eq!(
+            set_elem_owner(attrs.clone()),
+            (Some("cni-rs"), Some("spoof"))
+        );
+        let elems: Vec<_> = set_elements(attrs).collect();
+        assert_eq!(
+            elems,
+            [SetElem {
+                key: b"veth0\0\0\0",
+                verdict: None
+            }]
+        );
+        // The element list is nested (NLA_F_NESTED), as libmnl writes it.
+        let (_, list) = Attrs(&one).nth(2).unwrap();
+        let header = &one[one.len() - list.len() - 4..][..4];
+        assert_eq!(
+            u16::from_ne_bytes([header[2], header[3]]),
+            NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
+        );
+
+        let dump = set_elem_request("cni-rs", "masq4", None);
+        assert_eq!(Attrs(&dump).count(), 2);
+        assert_eq!(set_elements(Attrs(&dump)).count(), 0);
+    }
+
+    #[test]
+    fn set_elements_are_read_from_kernel_shaped_replies() {
+        let r = reply(&[
+            element(&[10, 1, 0, 5], Some((NFT_JUMP, Some("masq/n/a/eth0")))),
+            element(&[10, 1, 0, 6], Some((1, None))), // accept
+            element(&[10, 1, 0, 7], Some((-4, Some("masq/n/b/eth0")))), // goto
+            element(&[10, 1, 0, 8], None),
+            // No key: skipped.
+            nla(NFTA_LIST_ELEM | NLA_F_NESTED, &nla(3, &0u32.to_be_bytes())),
+        ]);
+        let elems: Vec<_> = set_elements(Attrs(&r)).collect();
+        assert_eq!(elems.len(), 4);
+        assert_eq!(elems[0].key, [10, 1, 0, 5]);
+        let jumps: Vec<Option<&str>> = elems
+            .iter()
+            .map(|e| e.verdict.as_ref().and_then(|v| v.jump()))
+            .collect();
+        assert_eq!(jumps, [Some("masq/n/a/eth0"), None, None, None]);
+        assert_eq!(
+            elems[1].verdict,
+            Some(Verdict {
+                code: 1,
+                chain: None
+            })
+        );
+        assert_eq!(elems[3].verdict, None);
+        assert_eq!(set_elem_owner(Attrs(&r)), (Some("cni-rs"), Some("masq4")));
+
+        // Nothing to read: no list, an empty list, a truncated element.
+        assert_eq!(set_elements(Attrs(&[])).count(), 0);
+        assert_eq!(set_elements(Attrs(&reply(&[]))).count(), 0);
+        let mut cut = element(&[10, 1, 0, 5], Some((NFT_JUMP, Some("x"))));
+        cut.truncate(cut.len() - 8);
+        let cut = reply(&[cut]);
+        assert!(set_elements(Attrs(&cut)).count() <= 1);
     }
 }

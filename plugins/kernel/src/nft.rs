@@ -1,27 +1,54 @@
 //! What the nftables modules ([`crate::masquerade`], [`crate::spoofcheck`])
-//! share: our table, one base chain per owner, and the ways of writing and
-//! reading such chains.
+//! share: our table, one base chain per kind dispatching through verdict
+//! maps to one regular chain per owner, and the ways of writing and reading
+//! them.
 //!
-//! Each attachment (owner = network name + container id + ifname) gets, per
-//! kind of rule, its own base chain `<kind>/<network>/<container id>/<ifname>`
-//! in our table `cni-rs` of the kind's family, its rules carrying a comment
-//! that names the owner. DEL removes exactly the owner's rules by chain name,
-//! without listing the ruleset or tracking rule handles, and so works even
-//! when the container's netns is gone (DEL with an empty `CNI_NETNS`); GC
-//! finds the owners from the chain names alone.
+//! Per kind of rule, our table `cni-rs` of the kind's family holds:
+//! - one base chain (e.g. `masquerading`) whose rules look the packet's key
+//!   (source address, input interface) up in the kind's verdict maps
+//!   (`vmap`), created once per namespace;
+//! - per attachment (owner = network name + container id + ifname), one
+//!   regular chain `<kind>/<network>/<container id>/<ifname>` holding the
+//!   owner's rules (each with a comment naming the owner), and one map
+//!   element per key, `<key> : jump <owner chain>`.
 //!
-//! Writing a chain (table, chain, flush, rules) and deleting one (flush,
-//! delete) are one nf_tables transaction each, so concurrent plugin runs never
-//! see (or leave) a half-written chain. A table is created when missing and
-//! never deleted (deleting it could race another ADD).
+//! Why a map: the kernel allows at most 1024 hook entries per hook in a
+//! namespace (MAX_HOOK_COUNT), so one base chain per owner failed with E2BIG
+//! past about a thousand containers. Why one chain per owner: DEL removes the
+//! owner's rules by chain name, without listing the ruleset or tracking rule
+//! handles, so it works when the container's netns is gone (DEL with an empty
+//! `CNI_NETNS`), and it recovers the owner's map keys from the owner's own
+//! rules (each rule still matches its key, redundantly) with one small dump;
+//! GC finds the owners from the chain names alone. At packet time a base
+//! chain costs one hash lookup per map instead of a walk over every owner.
+//!
+//! Transactions: the setup (table, maps, base chain and its rules) is one
+//! batch whose base chain is created with NLM_F_EXCL, so of concurrent first
+//! ADDs one creates it and the others get EEXIST (and nothing is
+//! duplicated). Writing an owner (its chain, flushed and refilled, and its
+//! elements) and deleting one (its elements, its chain) are one batch each,
+//! so concurrent plugin runs never see or leave a half-written owner. A map
+//! element is created without NLM_F_EXCL: the kernel accepts it when the key
+//! is free or already maps to the same chain and refuses it with EEXIST when
+//! it maps to another one. So an owner deletes its own element as "add it
+//! mapping to my chain, then delete it" in one batch, which fails instead of
+//! deleting the element of an owner who took the key over (an address
+//! reused after a missed DEL); on such a refusal the holders of the keys are
+//! asked (GETSETELEM) and the batch is built again. The table is created
+//! when missing and never deleted (deleting it could race another ADD).
+//!
+//! Chains of the layout before the maps (a base chain per owner, under the
+//! same names) are still read, deleted, and replaced on ADD.
 //!
 //! Everything acts in the network namespace of the calling thread (the
 //! netlink socket is opened there).
 //!
 //! The separator is '/': it cannot occur in a network name, container id or
 //! interface name, and unlike ':' the nft command line (1.0.6) accepts it, so
-//! `nft list ruleset > f; nft -f f` and hand edits keep working.
+//! `nft list ruleset > f; nft -f f` and hand edits keep working (for the
+//! same reason no chain is named after an nft keyword such as `masquerade`).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 
@@ -30,9 +57,12 @@ use nix::errno::Errno;
 
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::{
-    Attrs, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
-    NfSocket, Reply, put_attr, strz,
+    Attrs, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE,
+    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
+    NFTA_LIST_ELEM, NFTA_VERDICT_CODE, NfSocket, Reply, put_attr, set_elem_owner, set_elem_request,
+    set_elements, strz,
 };
+use crate::nft_ffi::{Exclusive, KeyType, MapElement, VerdictMap};
 
 /// Our table, in each family we use; nothing else is ever touched.
 pub const TABLE: &str = "cni-rs";
@@ -42,14 +72,17 @@ const CHAIN_NAME_MAX: usize = 255;
 /// A rule comment is a udata TLV in a 128-byte buffer (NFTNL_UDATA_COMMENT_MAXLEN):
 /// 2 bytes of header and the NUL leave 125 for the text.
 pub(crate) const COMMENT_MAX: usize = 125;
+/// Batches refused because others changed the maps meanwhile are built
+/// again from what the kernel holds then, this many times in all.
+const ATTEMPTS: usize = 4;
 
 // include/uapi/linux/netfilter/nf_tables.h
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
 pub(crate) const NFTA_RULE_TABLE: u16 = 1;
 pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
 pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub(crate) const NFTA_LIST_ELEM: u16 = 1;
 pub(crate) const NFTA_EXPR_NAME: u16 = 1;
 pub(crate) const NFTA_EXPR_DATA: u16 = 2;
 pub(crate) const NFTA_PAYLOAD_DREG: u16 = 1;
@@ -64,9 +97,6 @@ pub(crate) const NFTA_CMP_OP: u16 = 2;
 pub(crate) const NFTA_CMP_DATA: u16 = 3;
 pub(crate) const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub(crate) const NFTA_IMMEDIATE_DATA: u16 = 2;
-pub(crate) const NFTA_DATA_VALUE: u16 = 1;
-pub(crate) const NFTA_DATA_VERDICT: u16 = 2;
-pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
 pub(crate) const NFT_REG_VERDICT: u32 = 0;
 pub(crate) const NFT_PAYLOAD_LL_HEADER: u32 = 0;
 pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -82,16 +112,57 @@ pub struct NftOwner<'a> {
     pub ifname: &'a str,
 }
 
+/// One verdict map of a kind: its name in our table, its key, and the id
+/// the base chain's rule refers to it by in the setup batch.
+pub(crate) struct MapSpec {
+    pub name: &'static str,
+    pub key: KeyType,
+    pub id: u32,
+}
+
+/// A key in one of a kind's maps (an owner has one per rule).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MapKey {
+    pub map: &'static str,
+    pub key: Vec<u8>,
+}
+
+/// Who a key maps to, as far as an owner is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    /// `jump` to the owner's chain.
+    Owner,
+    /// Any other verdict (another owner's chain, most likely).
+    Other,
+}
+
 /// One kind of per-owner chain: the family of the `cni-rs` table it lives
-/// in, how its base chain hooks in, the first part of its names, and what it
-/// is called in comments and errors.
+/// in, its base chain and how that hooks in, its maps and the base chain's
+/// rules looking them up, the first part of its owner chains' names, how a
+/// rule of an owner chain names its key, and what it is called in comments
+/// and errors.
 pub(crate) struct ChainKind {
     pub family: ProtoFamily,
     pub prefix: &'static str,
     pub what: &'static str,
+    pub base: &'static str,
     pub chain_type: ChainType,
     pub hook: Hook,
     pub priority: i32,
+    pub maps: &'static [MapSpec],
+    /// Add the base chain's rules: one `vmap` lookup per map.
+    pub dispatch: fn(&mut Batch, &Chain),
+    /// The map key a rule of an owner chain matches.
+    pub rule_key: fn(Attrs) -> Option<MapKey>,
+}
+
+/// An owner's chain as the kernel has it.
+struct OwnerChain {
+    /// A base chain of the layout before the maps (no elements jump to it).
+    legacy: bool,
+    /// Its rules (NEWRULE replies, in chain order).
+    rules: Vec<Reply>,
 }
 
 impl ChainKind {
@@ -154,81 +225,357 @@ impl ChainKind {
         self.family as u8
     }
 
-    /// Install or replace the owner's rules in one transaction: create the
-    /// table and the base chain if missing, flush the chain, then let
-    /// `rules` add the rules (each with the comment it is given).
+    fn table(&self) -> Table {
+        Table::new(cstring(TABLE), self.family)
+    }
+
+    /// Create the table, the maps and the base chain with its lookups,
+    /// unless the base chain exists. One batch; the base chain is created
+    /// exclusively, so a concurrent creator makes it fail as a whole with
+    /// EEXIST, which means the work is done.
+    fn ensure_setup(&self, socket: &mut NfSocket, op: &'static str) -> Result<()> {
+        if self.chain(socket, self.base, op)?.is_some() {
+            return Ok(());
+        }
+        let table = self.table();
+        let mut base = Chain::new(cstring(self.base), &table);
+        base.set_hook(self.hook, self.priority);
+        base.set_type(self.chain_type);
+        base.set_policy(Policy::Accept);
+        let mut batch = Batch::new();
+        batch.add(&table, MsgType::Add);
+        for map in self.maps {
+            let name = cstring(map.name);
+            let map = VerdictMap::new(c"cni-rs", self.family, &name, map.key, map.id);
+            batch.add(&map, MsgType::Add);
+        }
+        batch.add(&Exclusive(&base), MsgType::Add);
+        (self.dispatch)(&mut batch, &base);
+        match commit(socket, op, self.base, batch) {
+            Err(KernelError::Nftables { source, .. })
+                if errno(&source) == Some(Errno::EEXIST)
+                    && self.chain(socket, self.base, op)?.is_some() =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether chain `name` of our table exists: `Some(true)` for a base
+    /// chain, `Some(false)` for a regular one.
+    fn chain(&self, socket: &mut NfSocket, name: &str, op: &'static str) -> Result<Option<bool>> {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, NFTA_CHAIN_TABLE, &strz(TABLE));
+        put_attr(&mut attrs, NFTA_CHAIN_NAME, &strz(name));
+        match socket.get(self.nfproto(), NFT_MSG_GETCHAIN, &attrs)? {
+            Err(e) if is_enoent(&e) => Ok(None),
+            Err(e) => Err(nft_error(op, name, e)),
+            Ok(reply) => Ok(Some(
+                reply.is_some_and(|r| r.attrs().get(NFTA_CHAIN_HOOK).is_some()),
+            )),
+        }
+    }
+
+    /// The owner's chain `name` and its rules, or `None` when it does not
+    /// exist.
+    fn owner_chain(
+        &self,
+        socket: &mut NfSocket,
+        name: &str,
+        op: &'static str,
+    ) -> Result<Option<OwnerChain>> {
+        let Some(legacy) = self.chain(socket, name, op)? else {
+            return Ok(None);
+        };
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, NFTA_RULE_TABLE, &strz(TABLE));
+        put_attr(&mut attrs, NFTA_RULE_CHAIN, &strz(name));
+        let rules = match socket.dump(self.nfproto(), NFT_MSG_GETRULE, &attrs)? {
+            Err(e) if is_enoent(&e) => return Ok(None),
+            Err(e) => return Err(nft_error(op, name, e)),
+            Ok(rules) => rules,
+        };
+        let rules = rules
+            .into_iter()
+            .filter(|r| r.msg_type == NFT_MSG_NEWRULE)
+            .filter(|r| {
+                r.attrs().get_str(NFTA_RULE_TABLE) == Some(TABLE)
+                    && r.attrs().get_str(NFTA_RULE_CHAIN) == Some(name)
+            })
+            .collect();
+        Ok(Some(OwnerChain { legacy, rules }))
+    }
+
+    /// The keys an owner chain's rules match, each once, in rule order.
+    fn keys_of(&self, rules: &[Reply]) -> Vec<MapKey> {
+        let mut keys: Vec<MapKey> = Vec::new();
+        for key in rules.iter().filter_map(|r| (self.rule_key)(r.attrs())) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Who `key` maps to (GETSETELEM of that one element), seen from the
+    /// owner of `chain`. A missing map or table holds nothing.
+    fn holder(
+        &self,
+        socket: &mut NfSocket,
+        key: &MapKey,
+        chain: &str,
+        op: &'static str,
+    ) -> Result<Holder> {
+        let attrs = set_elem_request(TABLE, key.map, Some(&key.key));
+        let reply = match socket.get(self.nfproto(), NFT_MSG_GETSETELEM, &attrs)? {
+            Err(e) if is_enoent(&e) => return Ok(Holder::Nobody),
+            Err(e) => return Err(nft_error(op, key.map, e)),
+            Ok(reply) => reply,
+        };
+        let Some(reply) = reply.filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) else {
+            return Ok(Holder::Nobody);
+        };
+        let elem = set_elements(reply.attrs()).find(|e| e.key == key.key.as_slice());
+        Ok(match elem {
+            None => Holder::Nobody,
+            Some(e) if e.verdict.as_ref().and_then(|v| v.jump()) == Some(chain) => Holder::Owner,
+            Some(_) => Holder::Other,
+        })
+    }
+
+    fn holders<'k>(
+        &self,
+        socket: &mut NfSocket,
+        keys: impl IntoIterator<Item = &'k MapKey>,
+        chain: &str,
+        op: &'static str,
+    ) -> Result<HashMap<MapKey, Holder>> {
+        let mut found = HashMap::new();
+        for key in keys {
+            if !found.contains_key(key) {
+                let holder = self.holder(socket, key, chain, op)?;
+                found.insert(key.clone(), holder);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every key of the kind's maps that jumps to `chain` (a dump of each
+    /// map: only for elements whose keys the chain's rules no longer name).
+    fn keys_jumping_to(
+        &self,
+        socket: &mut NfSocket,
+        chain: &str,
+        op: &'static str,
+    ) -> Result<Vec<MapKey>> {
+        let mut keys = Vec::new();
+        for map in self.maps {
+            let attrs = set_elem_request(TABLE, map.name, None);
+            let replies = match socket.dump(self.nfproto(), NFT_MSG_GETSETELEM, &attrs)? {
+                Err(e) if is_enoent(&e) => continue,
+                Err(e) => return Err(nft_error(op, map.name, e)),
+                Ok(replies) => replies,
+            };
+            for reply in replies.iter().filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) {
+                if set_elem_owner(reply.attrs()) != (Some(TABLE), Some(map.name)) {
+                    continue;
+                }
+                keys.extend(
+                    set_elements(reply.attrs())
+                        .filter(|e| e.verdict.as_ref().and_then(|v| v.jump()) == Some(chain))
+                        .map(|e| MapKey {
+                            map: map.name,
+                            key: e.key.to_vec(),
+                        }),
+                );
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Install or replace the owner's rules and elements: set up the kind
+    /// if needed, then in one batch create the owner's chain (replacing one
+    /// of the old layout), flush it, let `rules` add the rules (each with
+    /// the comment it is given), delete the owner's elements for keys it no
+    /// longer has, and map each of `keys` to the chain, taking over keys
+    /// that map to another chain (left behind by a missed DEL).
     pub fn replace(
         &self,
         owner: &NftOwner,
         op: &'static str,
-        rules: impl FnOnce(&mut Batch, &Chain, &str),
+        keys: &[MapKey],
+        rules: impl Fn(&mut Batch, &Chain, &str),
     ) -> Result<()> {
         let name = self.chain_name(owner)?;
-        let table = Table::new(cstring(TABLE), self.family);
-        let mut chain = Chain::new(cstring(&name), &table);
-        chain.set_hook(self.hook, self.priority);
-        chain.set_type(self.chain_type);
-        chain.set_policy(Policy::Accept);
+        let comment = self.comment(owner);
+        let cname = cstring(&name);
+        let mut unique: Vec<&MapKey> = Vec::new();
+        for key in keys {
+            if !unique.contains(&key) {
+                unique.push(key);
+            }
+        }
+        let keys = unique;
+        let mut socket = NfSocket::open(op)?;
+        // Who holds which key, once a batch was refused: until then, assume
+        // the keys are free or ours.
+        let mut known: HashMap<MapKey, Holder> = HashMap::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.ensure_setup(&mut socket, op)?;
+            let current = self.owner_chain(&mut socket, &name, op)?;
+            let legacy = current.as_ref().is_some_and(|c| c.legacy);
+            let stale: Vec<MapKey> = match &current {
+                Some(c) if !c.legacy => self
+                    .keys_of(&c.rules)
+                    .into_iter()
+                    .filter(|k| !keys.contains(&k))
+                    .collect(),
+                _ => Vec::new(),
+            };
 
-        let mut batch = Batch::new();
-        batch.add(&table, MsgType::Add);
-        batch.add(&chain, MsgType::Add);
-        // A rule deletion without a handle flushes the chain.
-        batch.add(&Rule::new(&chain), MsgType::Del);
-        rules(&mut batch, &chain, &self.comment(owner));
-        commit(op, &name, batch)
+            let table = self.table();
+            let chain = Chain::new(&cname, &table);
+            let mut batch = Batch::new();
+            if legacy {
+                batch.add(&Rule::new(&chain), MsgType::Del);
+                batch.add(&chain, MsgType::Del);
+            }
+            batch.add(&chain, MsgType::Add);
+            // A rule deletion without a handle flushes the chain.
+            batch.add(&Rule::new(&chain), MsgType::Del);
+            rules(&mut batch, &chain, &comment);
+            for key in &stale {
+                if matches!(known.get(key), None | Some(Holder::Owner)) {
+                    self.delete_own_element(&mut batch, key, &cname);
+                }
+            }
+            for &key in &keys {
+                let element = self.element(key, &cname);
+                if known.get(key) == Some(&Holder::Other) {
+                    batch.add(&element, MsgType::Del);
+                }
+                batch.add(&element, MsgType::Add);
+            }
+            match commit(&mut socket, op, &name, batch) {
+                Err(KernelError::Nftables { source, .. })
+                    if attempt < ATTEMPTS
+                        && matches!(errno(&source), Some(Errno::EEXIST | Errno::ENOENT)) =>
+                {
+                    // A key maps elsewhere, or something we counted on went
+                    // away meanwhile: look again.
+                    let all = keys.iter().copied().chain(&stale);
+                    known = self.holders(&mut socket, all, &name, op)?;
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Remove the owner's chain and its rules in one transaction (flush,
-    /// then delete the chain). Nothing to remove (no chain, no table) is
-    /// success.
+    fn element(&self, key: &MapKey, chain: &CString) -> MapElement {
+        let map = cstring(key.map);
+        MapElement::jump(c"cni-rs", self.family, &map, &key.key, chain)
+    }
+
+    /// Delete `key`'s element only if it maps to `chain`: re-adding the
+    /// same mapping is a no-op for the kernel, and fails (failing the batch)
+    /// if the key maps elsewhere now.
+    fn delete_own_element(&self, batch: &mut Batch, key: &MapKey, chain: &CString) {
+        let element = self.element(key, chain);
+        batch.add(&element, MsgType::Add);
+        batch.add(&element, MsgType::Del);
+    }
+
+    /// Remove the owner's elements and chain in one batch (the elements of
+    /// the keys its rules name, then the flushed chain). Nothing to remove
+    /// is success. When the chain is still referenced (its rules were
+    /// flushed behind our back, so the keys of some elements are lost),
+    /// every element jumping to it is found in the maps and deleted too.
     pub fn delete(&self, owner: &NftOwner, op: &'static str) -> Result<()> {
         // An owner `replace` refuses never had a chain; its name could even
         // be another owner's, so touch nothing.
         let Ok(name) = self.chain_name(owner) else {
             return Ok(());
         };
-        let table = Table::new(cstring(TABLE), self.family);
-        let chain = Chain::new(cstring(&name), &table);
-        let mut batch = Batch::new();
-        batch.add(&Rule::new(&chain), MsgType::Del);
-        batch.add(&chain, MsgType::Del);
-        match commit(op, &name, batch) {
-            Err(KernelError::Nftables { source, .. }) if is_enoent(&source) => Ok(()),
-            other => other,
+        let cname = cstring(&name);
+        let mut socket = NfSocket::open(op)?;
+        let mut known: HashMap<MapKey, Holder> = HashMap::new();
+        let mut referencing: Vec<MapKey> = Vec::new();
+        let mut searched = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(current) = self.owner_chain(&mut socket, &name, op)? else {
+                return Ok(());
+            };
+            let mut keys = Vec::new();
+            if !current.legacy {
+                keys = self.keys_of(&current.rules);
+                for key in &referencing {
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+            }
+            let table = self.table();
+            let chain = Chain::new(&cname, &table);
+            let mut batch = Batch::new();
+            for key in &keys {
+                if matches!(known.get(key), None | Some(Holder::Owner)) {
+                    self.delete_own_element(&mut batch, key, &cname);
+                }
+            }
+            batch.add(&Rule::new(&chain), MsgType::Del);
+            batch.add(&chain, MsgType::Del);
+            let source = match commit(&mut socket, op, &name, batch) {
+                Err(KernelError::Nftables { source, .. }) if attempt < ATTEMPTS => source,
+                other => return other,
+            };
+            match errno(&source) {
+                // A key maps elsewhere now, or the chain or a map went away.
+                Some(Errno::EEXIST | Errno::ENOENT) => {
+                    known = self.holders(&mut socket, &keys, &name, op)?;
+                }
+                // Still referenced: by elements whose keys we do not know.
+                Some(Errno::EBUSY) if !searched && !current.legacy => {
+                    searched = true;
+                    referencing = self.keys_jumping_to(&mut socket, &name, op)?;
+                }
+                _ => return Err(nft_error(op, &name, source)),
+            }
         }
     }
 
-    /// The rules of the owner's chain as the kernel has them (NEWRULE
-    /// replies, in chain order), or `None` when the chain does not exist.
+    /// The rules of the owner's chain that are in force (NEWRULE replies,
+    /// in chain order): those whose key maps to the chain, while the base
+    /// chain exists (or every rule of a chain of the old layout, a base
+    /// chain of its own), or `None` when the chain does not exist.
     pub fn rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<Reply>>> {
         let Ok(name) = self.chain_name(owner) else {
             return Ok(None);
         };
         let mut socket = NfSocket::open(op)?;
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NFTA_CHAIN_TABLE, &strz(TABLE));
-        put_attr(&mut attrs, NFTA_CHAIN_NAME, &strz(&name));
-        match socket.get(self.nfproto(), NFT_MSG_GETCHAIN, &attrs)? {
-            Err(e) if is_enoent(&e) => return Ok(None),
-            Err(e) => return Err(nft_error(op, &name, e)),
-            Ok(_) => {}
-        }
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NFTA_RULE_TABLE, &strz(TABLE));
-        put_attr(&mut attrs, NFTA_RULE_CHAIN, &strz(&name));
-        let rules = match socket.dump(self.nfproto(), NFT_MSG_GETRULE, &attrs)? {
-            Err(e) if is_enoent(&e) => return Ok(None),
-            Err(e) => return Err(nft_error(op, &name, e)),
-            Ok(rules) => rules,
+        let Some(current) = self.owner_chain(&mut socket, &name, op)? else {
+            return Ok(None);
         };
+        if current.legacy {
+            return Ok(Some(current.rules));
+        }
+        // Without the base chain nothing is dispatched to the owner's.
+        if self.chain(&mut socket, self.base, op)? != Some(true) {
+            return Ok(Some(Vec::new()));
+        }
+        let keys = self.keys_of(&current.rules);
+        let holders = self.holders(&mut socket, &keys, &name, op)?;
         Ok(Some(
-            rules
+            current
+                .rules
                 .into_iter()
-                .filter(|r| r.msg_type == NFT_MSG_NEWRULE)
                 .filter(|r| {
-                    r.attrs().get_str(NFTA_RULE_TABLE) == Some(TABLE)
-                        && r.attrs().get_str(NFTA_RULE_CHAIN) == Some(name.as_str())
+                    (self.rule_key)(r.attrs())
+                        .is_some_and(|k| holders.get(&k) == Some(&Holder::Owner))
                 })
                 .collect(),
         ))
@@ -283,15 +630,18 @@ fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
     }
 }
 
-fn is_enoent(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(Errno::ENOENT as i32)
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
 }
 
-/// Send a batch over a fresh socket in the calling thread's namespace.
-fn commit(op: &'static str, object: &str, batch: Batch) -> Result<()> {
+fn is_enoent(e: &io::Error) -> bool {
+    errno(e) == Some(Errno::ENOENT)
+}
+
+/// Send a batch; the kernel's refusal is an error about `object`.
+fn commit(socket: &mut NfSocket, op: &'static str, object: &str, batch: Batch) -> Result<()> {
     let batch = batch.finalize();
     let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
-    let mut socket = NfSocket::open(op)?;
     socket
         .send_batch(&bytes, batch.sequence_numbers())?
         .map_err(|e| nft_error(op, object, e))
@@ -443,9 +793,13 @@ mod tests {
         family: ProtoFamily::Inet,
         prefix: "test",
         what: "testing",
+        base: "testing",
         chain_type: ChainType::Filter,
         hook: Hook::In,
         priority: 0,
+        maps: &[],
+        dispatch: |_, _| {},
+        rule_key: |_| None,
     };
 
     fn owner<'a>(network: &'a str, cid: &'a str, ifname: &'a str) -> NftOwner<'a> {

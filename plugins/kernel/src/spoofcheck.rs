@@ -2,57 +2,106 @@
 //! from a container's host-side veth with a source MAC other than the
 //! container interface's are dropped. In our own table `bridge cni-rs`.
 //!
-//! Each attachment (owner = network name + container id + ifname) gets its
-//! own filter base chain `spoof/<network>/<container id>/<ifname>`, hooked at
-//! bridge prerouting with priority -300, policy accept, holding one rule:
+//! One filter base chain `spoofcheck`, hooked at bridge prerouting with
+//! priority -300 (as the reference), policy accept, dispatches on the input
+//! interface through a verdict map: `iifname vmap @spoof` (`spoof { type
+//! ifname : verdict }`, keys NUL-padded to IFNAMSIZ as `meta iifname` loads
+//! them).
+//!
+//! Each attachment (owner = network name + container id + ifname) gets a
+//! regular chain `spoof/<network>/<container id>/<ifname>` holding one rule,
 //! `iifname "<host veth>" ether saddr != <container mac> counter drop`, with
-//! a comment naming the owner. Chain naming, the one-transaction writes and
-//! the reads are shared with [`crate::masquerade`] (see `nft.rs`).
+//! a comment naming the owner, and one map element `"<host veth>" : jump
+//! spoof/...`. The `iifname` match repeats the map's key: it is how DEL and
+//! CHECK recover the key from the owner's own chain. Setup, the
+//! one-transaction writes and the reads are shared with
+//! [`crate::masquerade`] (see `nft.rs`).
 //!
 //! Like the reference plugin (`pkg/link/spoofcheck.go`), only the Ethernet
-//! source is checked; ARP sender addresses are not. Unlike it, everything is
-//! in one base chain per owner rather than a shared base chain jumping to two
-//! regular chains per owner, so DEL is one transaction that needs no listing
-//! of the shared chain, and works without the container's netns. The cost at
-//! packet time is one `iifname` compare per attachment on the bridge, as in
-//! the reference's shared chain.
+//! source is checked; ARP sender addresses are not. Like it, a shared base
+//! chain jumps to per-owner chains, but through a map: the cost at packet
+//! time is one hash lookup, not an `iifname` compare per attachment on the
+//! bridge, and a base chain per owner (our earlier layout) would hit the
+//! kernel's limit of 1024 hook entries per hook. DEL is one transaction that
+//! needs no listing of the shared chain and works without the container's
+//! netns.
 //!
 //! Everything acts in the network namespace of the calling thread (the
 //! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
 //! elsewhere.
 
 use nftnl::expr::{Cmp, CmpOp, Counter, LLHeaderField, Meta, Payload, Verdict};
-use nftnl::{Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
+use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
 use nix::libc;
 
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::Attrs;
 use crate::nft::{
-    self, ChainKind, Expr, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_PAYLOAD_LL_HEADER,
+    self, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME,
+    NFT_PAYLOAD_LL_HEADER,
 };
+use crate::nft_ffi::{IFNAME, VerdictLookup};
 
 pub use crate::nft::{NftOwner, TABLE};
 
-/// Chains `spoof/<network>/<container id>/<ifname>` in `bridge cni-rs`,
-/// filter hooked at prerouting with priority -300 (as the reference).
+const SPOOF: MapSpec = MapSpec {
+    name: "spoof",
+    key: IFNAME,
+    id: 1,
+};
+
+/// Base chain `spoofcheck` in `bridge cni-rs`, filter hooked at prerouting
+/// with priority -300 (as the reference), dispatching to the regular chains
+/// `spoof/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
     family: ProtoFamily::Bridge,
     prefix: "spoof",
     what: "macspoofchk",
+    base: "spoofcheck",
     chain_type: ChainType::Filter,
     hook: Hook::PreRouting,
     priority: -300,
+    maps: &[SPOOF],
+    dispatch,
+    rule_key: |rule| rule_check(rule).map(|(ifname, _)| key(&ifname)),
 };
 /// IFNAMSIZ: an interface name and its NUL; `meta iifname` loads this much.
 const IFNAMSIZ: usize = 16;
+
+/// The base chain's rule: `iifname vmap @spoof`.
+fn dispatch(batch: &mut Batch, chain: &Chain) {
+    let name = nft::cstring(SPOOF.name);
+    let mut rule = Rule::new(chain);
+    rule.add_expr(&Meta::IifName);
+    rule.add_expr(&VerdictLookup {
+        map: &name,
+        map_id: SPOOF.id,
+    });
+    batch.add(&rule, MsgType::Add);
+}
+
+/// The name NUL-padded to IFNAMSIZ, as nft writes it: an exact match (a
+/// valid name is shorter than IFNAMSIZ).
+fn padded(ifname: &str) -> [u8; IFNAMSIZ] {
+    let mut name = [0u8; IFNAMSIZ];
+    let len = ifname.len().min(IFNAMSIZ - 1);
+    name[..len].copy_from_slice(&ifname.as_bytes()[..len]);
+    name
+}
+
+/// A host interface's key in `spoof`.
+fn key(ifname: &str) -> MapKey {
+    MapKey {
+        map: SPOOF.name,
+        key: padded(ifname).to_vec(),
+    }
+}
 /// Offset and length of the source address in the Ethernet header.
 const ETHER_SADDR: (u32, u32) = (6, 6);
 
 /// `iifname "<host_ifname>" ether saddr != <mac> counter drop`, in `chain`.
 fn rule<'a>(chain: &'a Chain<'a>, host_ifname: &str, mac: [u8; 6], comment: &str) -> Rule<'a> {
-    // The name NUL-padded to IFNAMSIZ, as nft writes it: an exact match.
-    let mut name = [0u8; IFNAMSIZ];
-    name[..host_ifname.len()].copy_from_slice(host_ifname.as_bytes());
+    let name = padded(host_ifname);
     let mut rule = Rule::new(chain);
     rule.add_expr(&Meta::IifName);
     rule.add_expr(&Cmp::new(CmpOp::Eq, &name[..]));
@@ -64,26 +113,31 @@ fn rule<'a>(chain: &'a Chain<'a>, host_ifname: &str, mac: [u8; 6], comment: &str
     rule
 }
 
-/// Install or replace the owner's check in one transaction: create the
-/// table and the chain if missing, flush the chain, add the rule dropping
-/// frames from `host_ifname` whose source is not `mac`.
+/// Install or replace the owner's check in one transaction (after setting
+/// up the base chain and map once per namespace): create the owner's chain
+/// if missing, flush it, add the rule dropping frames from `host_ifname`
+/// whose source is not `mac`, and map `host_ifname` to the chain (taking
+/// the name over from another owner's chain it may still map to).
 pub fn add(owner: &NftOwner, host_ifname: &str, mac: [u8; 6]) -> Result<(), KernelError> {
     if host_ifname.is_empty() || host_ifname.len() >= IFNAMSIZ || host_ifname.contains('\0') {
         return Err(KernelError::InvalidIfname(host_ifname.to_owned()));
     }
-    KIND.replace(owner, "add macspoofchk", |batch, chain, comment| {
+    let keys = [key(host_ifname)];
+    KIND.replace(owner, "add macspoofchk", &keys, |batch, chain, comment| {
         batch.add(&rule(chain, host_ifname, mac, comment), MsgType::Add);
     })
 }
 
-/// Remove the owner's chain and its rule in one transaction. Nothing to
-/// remove (no chain, no table) is success.
+/// Remove the owner's map element and chain in one transaction (an element
+/// that now maps to another owner's chain is left alone). Nothing to remove
+/// (no chain, no table) is success.
 pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
     KIND.delete(owner, "delete macspoofchk")
 }
 
-/// The host interface and the MAC the owner's chain enforces, as the kernel
-/// has them, or `None` when there is no chain or no such rule in it.
+/// The host interface and the MAC the owner's check enforces, as the kernel
+/// has them: a rule of the owner's chain whose interface maps to the chain;
+/// `None` when there is no chain, no such rule, or no such element.
 pub fn installed(owner: &NftOwner) -> Result<Option<(String, [u8; 6])>, KernelError> {
     let rules = KIND.rules(owner, "list macspoofchk")?;
     Ok(rules.and_then(|rules| rules.iter().find_map(|r| rule_check(r.attrs()))))
@@ -137,7 +191,8 @@ fn rule_check(rule: Attrs) -> Option<(String, [u8; 6])> {
     ifname.zip(mac).filter(|(i, _)| drops && !i.is_empty())
 }
 
-/// Every `(container id, ifname)` with a spoof check chain for `network`.
+/// Every `(container id, ifname)` with a spoof check chain for `network`
+/// (read from the chain names alone).
 pub fn owners(network: &str) -> Result<Vec<(String, String)>, KernelError> {
     KIND.owners(network, "list macspoofchk chains")
 }
@@ -180,6 +235,17 @@ mod tests {
         assert!(e.to_string().contains("too long for macspoofchk"), "{e}");
     }
 
+    #[test]
+    fn keys_are_names_padded_to_ifnamsiz() {
+        let k = key("veth0a");
+        assert_eq!(k.map, "spoof");
+        assert_eq!(k.key, padded("veth0a"));
+        assert_eq!(&k.key[..7], b"veth0a\0");
+        assert_eq!(k.key.len(), SPOOF.key.len as usize);
+        assert_eq!(padded("fifteen-bytes-x")[15], 0);
+        assert_eq!(KIND.parse_chain_name(KIND.base, "net1"), None);
+    }
+
     /// Refused before anything is sent, so no kernel is needed.
     #[test]
     fn unusable_host_interface_names_are_refused() {
@@ -194,12 +260,6 @@ mod tests {
 
     fn ll_saddr() -> Vec<u8> {
         payload(NFT_PAYLOAD_LL_HEADER, 6, 6)
-    }
-
-    fn padded(name: &str) -> Vec<u8> {
-        let mut v = name.as_bytes().to_vec();
-        v.resize(IFNAMSIZ, 0);
-        v
     }
 
     #[test]
@@ -305,6 +365,8 @@ mod tests {
             let rule = rule(&chain, name, MAC, "cni-rs macspoofchk: n c eth0");
             let attrs = written(&rule, CHAIN);
             assert_eq!(rule_check(Attrs(&attrs)), Some((name.to_owned(), MAC)));
+            // The key DEL and CHECK look up is the element ADD writes.
+            assert_eq!((KIND.rule_key)(Attrs(&attrs)), Some(key(name)));
         }
     }
 }
