@@ -15,7 +15,9 @@ host=cnirs-demo-host-$tag
 ctr_a=cnirs-demo-a-$tag
 ctr_b=cnirs-demo-b-$tag
 work=$(mktemp -d /tmp/cnirs-demo.XXXXXX)
+web_pid=
 cleanup() {
+  [[ -n "$web_pid" ]] && kill "$web_pid" 2>/dev/null && wait "$web_pid" 2>/dev/null
   for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -35,12 +37,13 @@ run ip netns add "$host"
 run ip netns add "$ctr_a"
 run ip netns add "$ctr_b"
 
-say "The network config (conf/10-cni-rs-bridge.conflist): a bridge with addresses from host-local, then loopback"
+say "The network config (conf/10-cni-rs-bridge.conflist): a bridge with addresses from host-local, port mappings, then loopback"
 jq . "$work/net.d/10-cni-rs-bridge.conflist"
 
 say "ADD: cni-run runs each plugin of the list as a runtime would, and prints the result"
-printf '$ cni-run add cni-rs-bridge /run/netns/%s\n' "$ctr_a"
-in_host "$bin/cni-run" add cni-rs-bridge "/run/netns/$ctr_a" | tee "$work/a.json"
+printf '$ CAP_ARGS='"'"'{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}'"'"' cni-run add cni-rs-bridge /run/netns/%s\n' "$ctr_a"
+CAP_ARGS='{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}' \
+  in_host "$bin/cni-run" add cni-rs-bridge "/run/netns/$ctr_a" | tee "$work/a.json"
 printf '$ cni-run add cni-rs-bridge /run/netns/%s   (result not shown)\n' "$ctr_b"
 in_host "$bin/cni-run" add cni-rs-bridge "/run/netns/$ctr_b" >"$work/b.json"
 ip_a=$(jq -r '.ips[0].address | split("/")[0]' "$work/a.json")
@@ -60,7 +63,18 @@ run ip netns exec "$ctr_a" ping -c 1 -W 2 "$ip_b"
 run ip netns exec "$ctr_b" ping -c 1 -W 2 "$ip_a"
 run ip netns exec "$ctr_a" ping -c 1 -W 2 "$gw"
 
-say "ipMasq: one nftables chain per container, written over netlink (no iptables or nft process)"
+say "Port mapping: a web server in container A answers on the host's port 8080"
+mkdir -p "$work/www" && echo "hello from container A" >"$work/www/index.html"
+ip netns exec "$ctr_a" python3 -m http.server 80 --bind 0.0.0.0 --directory "$work/www" >/dev/null 2>&1 &
+web_pid=$!
+# Wait for the server to listen (the kernel's socket table, bounded).
+for _ in $(seq 100); do ip netns exec "$ctr_a" ss -ltn 2>/dev/null | grep -q ':80 ' && break; sleep 0.05; done
+run ip netns exec "$host" curl -s --max-time 3 "http://$gw:8080/"
+run ip netns exec "$host" curl -s --max-time 3 "http://127.0.0.1:8080/"
+printf '(from container B, through the host:)\n'
+run ip netns exec "$ctr_b" curl -s --max-time 3 "http://$gw:8080/"
+
+say "ipMasq and the port mapping: nftables rules written over netlink (no iptables or nft process)"
 run ip netns exec "$host" nft list table inet cni-rs
 
 say "CHECK: the plugins verify the network still looks like the result (silence means yes)"
@@ -72,6 +86,8 @@ if in_host "$bin/cni-run" check cni-rs-bridge "/run/netns/$ctr_a"; then echo "ch
 
 say "DEL undoes ADD, in reverse order; it is idempotent"
 run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_a"
+printf '(the mapped port no longer answers:)\n'
+run ip netns exec "$host" curl -s --max-time 2 "http://127.0.0.1:8080/" || echo "curl: no answer, as expected"
 run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_b"
 run in_host "$bin/cni-run" del cni-rs-bridge "/run/netns/$ctr_b"
 
@@ -90,7 +106,8 @@ say "Bad input gets a spec-shaped error on stdout and a non-zero exit, never a c
 printf '$ echo "{not json" | CNI_COMMAND=ADD ... bridge\n'
 echo '{not json' | CNI_COMMAND=ADD CNI_CONTAINERID=demo CNI_NETNS="/run/netns/$ctr_a" CNI_IFNAME=eth0 in_host "$bin/bridge" || echo "(exit $?)"
 
-say "Clean-up: the namespaces go away"
+say "Clean-up: the web server stops, the namespaces go away"
+kill "$web_pid" && wait "$web_pid" 2>/dev/null; web_pid=
 for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns"; done
 if ip netns list | grep -q "cnirs-demo-.*-$tag"; then echo "namespaces left behind" >&2; exit 1; fi
 echo "nothing left behind"

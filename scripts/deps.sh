@@ -10,6 +10,8 @@ packages=(
   procps        # pgrep/ps for the runtime tests' clean-up checks
   jq            # the demo pretty-prints results
   iputils-ping  # connectivity tests between container namespaces
+  conntrack     # the tests create and inspect conntrack entries (the plugins use netlink)
+  curl          # the demo fetches a page through a mapped port
   containernetworking-plugins  # the Go reference plugins: peers in tests, baseline in benchmarks
 )
 

@@ -394,3 +394,113 @@ impl Reply {
         v
     }
 }
+
+/// Run `f` on a new thread that has entered `ns`: sockets it opens live there.
+fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A TCP and a UDP server inside a namespace, answering `reply` on `port`
+/// (both families), until dropped.
+pub struct Server {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(ns: &Netns, port: u16, reply: &str) -> Server {
+        use std::io::Write;
+        use std::sync::atomic::AtomicBool;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        let (s1, r1, tx1) = (stop.clone(), reply.to_owned(), ready_tx.clone());
+        threads.push(in_netns(ns, move || {
+            // [::] takes IPv4 too (v4-mapped).
+            let l = std::net::TcpListener::bind(("::", port)).expect("bind tcp");
+            l.set_nonblocking(true).unwrap();
+            tx1.send(()).unwrap();
+            while !s1.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(r1.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                }
+            }
+        }));
+        let (s2, r2) = (stop.clone(), reply.to_owned());
+        threads.push(in_netns(ns, move || {
+            let u = std::net::UdpSocket::bind(("::", port)).expect("bind udp");
+            u.set_read_timeout(Some(std::time::Duration::from_millis(20)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(r2.as_bytes(), from);
+                }
+            }
+        }));
+        // Both sockets are bound before anyone connects.
+        ready_rx.recv().unwrap();
+        ready_rx.recv().unwrap();
+        Server { stop, threads }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connect over TCP from inside `ns` and read the reply; None if refused or silent.
+pub fn tcp_fetch(ns: &Netns, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    in_netns(ns, move || {
+        use std::io::Read;
+        let mut c =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).ok()?;
+        Some(s)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Send one UDP datagram from inside `ns` (from `src_port` if given) and
+/// wait for a reply; None if none comes.
+pub fn udp_ask(ns: &Netns, addr: &str, src_port: u16) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    in_netns(ns, move || {
+        let local: std::net::SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], src_port).into()
+        } else {
+            ([0u16; 8], src_port).into()
+        };
+        let u = std::net::UdpSocket::bind(local).ok()?;
+        u.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .ok()?;
+        u.send_to(b"ping", addr).ok()?;
+        let mut buf = [0u8; 512];
+        let (n, _) = u.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .join()
+    .unwrap()
+}

@@ -196,16 +196,3 @@ fn verbs_refuse_config_versions_that_predate_them() {
         }
     }
 }
-
-#[test]
-fn unfinished_plugins_say_so_in_status() {
-    // Until its issue lands, portmap reports "not available" (50) so that a
-    // runtime asking STATUS does not schedule ADDs on it.
-    let mut c = valid_conf("portmap");
-    c["cniVersion"] = json!("1.1.0");
-    Call::new("portmap", "STATUS")
-        .in_host(&Netns::new("sth"))
-        .conf(&c)
-        .run()
-        .error(50);
-}

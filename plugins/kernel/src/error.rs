@@ -47,6 +47,13 @@ pub enum KernelError {
     NftOwner { what: &'static str, owner: String },
     #[error("invalid interface name {0:?}")]
     InvalidIfname(String),
+    /// A port mapping or match condition that cannot be written as a rule
+    /// (a port 0, an address of the wrong family).
+    #[error("invalid port mapping: {0}")]
+    InvalidPortMapping(String),
+    /// The kernel refused a conntrack (ctnetlink) request; `op` says which.
+    #[error("conntrack {op}: {source}")]
+    Conntrack { op: String, source: io::Error },
 }
 
 impl KernelError {
@@ -55,7 +62,8 @@ impl KernelError {
             KernelError::Netns { source, .. }
             | KernelError::Netlink { source, .. }
             | KernelError::Sysctl { source, .. }
-            | KernelError::Nftables { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            | KernelError::Nftables { source, .. }
+            | KernelError::Conntrack { source, .. } => source.raw_os_error().map(Errno::from_raw),
             _ => None,
         }
     }
@@ -75,16 +83,16 @@ impl KernelError {
 /// The one place kernel failures become CNI codes: a missing namespace means
 /// the container is gone (3), a path that is not a namespace is a bad
 /// `CNI_NETNS` (4), a network name too long to name its nftables chains is
-/// invalid config (7), anything the kernel refused (nftables included) is an
+/// invalid config (7), anything the kernel refused (nftables, conntrack) is an
 /// I/O failure (5).
 impl From<KernelError> for CniError {
     fn from(e: KernelError) -> Self {
         let code = match &e {
             KernelError::NetnsNotFound(_) => Code::UNKNOWN_CONTAINER,
             KernelError::NotANetns(_) => Code::INVALID_ENV,
-            KernelError::NftNameTooLong { .. } | KernelError::NftOwner { .. } => {
-                Code::INVALID_CONFIG
-            }
+            KernelError::NftNameTooLong { .. }
+            | KernelError::NftOwner { .. }
+            | KernelError::InvalidPortMapping(_) => Code::INVALID_CONFIG,
             _ => Code::IO_FAILURE,
         };
         CniError::new(code, e.to_string())

@@ -4,6 +4,7 @@
 //! nftables tables (masquerade, MAC spoof check).
 
 pub mod addr;
+pub mod conntrack;
 pub mod error;
 pub mod link;
 pub mod masquerade;
@@ -12,6 +13,7 @@ pub mod netns;
 mod nfnetlink;
 mod nft;
 mod nft_ffi;
+pub mod portmap;
 pub mod route;
 pub mod spoofcheck;
 pub mod sysctl;

@@ -40,7 +40,9 @@ use nix::libc;
 
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::Attrs;
-use crate::nft::{self, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_PAYLOAD_NETWORK_HEADER};
+use crate::nft::{
+    self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_PAYLOAD_NETWORK_HEADER,
+};
 use crate::nft_ffi::{IPV4_ADDR, IPV6_ADDR, VerdictLookup};
 
 pub use crate::nft::{NftOwner, NftOwner as MasqOwner, TABLE};
@@ -63,12 +65,14 @@ const KIND: ChainKind = ChainKind {
     family: ProtoFamily::Inet,
     prefix: "masq",
     what: "masquerade",
-    base: "masquerading",
-    chain_type: ChainType::Nat,
-    hook: Hook::PostRouting,
-    priority: 100,
+    bases: &[BaseChain {
+        name: "masquerading",
+        chain_type: ChainType::Nat,
+        hook: Hook::PostRouting,
+        priority: 100,
+        rules: dispatch,
+    }],
     maps: &[MASQ4, MASQ6],
-    dispatch,
     rule_key: |rule| rule_source(rule).map(|ip| key(&ip)),
 };
 
@@ -272,7 +276,7 @@ mod tests {
     fn names_and_comments() {
         let o = owner("net1", "ctr-1", "eth0");
         assert_eq!(KIND.chain_name(&o).unwrap(), "masq/net1/ctr-1/eth0");
-        assert_eq!(KIND.parse_chain_name(KIND.base, "net1"), None);
+        assert_eq!(KIND.parse_chain_name(KIND.bases[0].name, "net1"), None);
         assert_eq!(KIND.comment(&o), "cni-rs masquerade: net1 ctr-1 eth0");
         let long = "n".repeat(250);
         let e = KIND.chain_name(&owner(&long, "c", "eth0")).unwrap_err();

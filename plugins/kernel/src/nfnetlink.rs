@@ -442,6 +442,162 @@ impl NfSocket {
     }
 }
 
+// Requests to any nfnetlink subsystem (ctnetlink and others), for callers
+// that do not speak nf_tables: the subsystem is a parameter, a dump hands
+// each message to a callback as it arrives instead of keeping them.
+
+/// One message of an nfnetlink subsystem: its type within the subsystem, the
+/// family of its `nfgenmsg` and its attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubsysMessage<'a> {
+    pub msg_type: u8,
+    pub family: u8,
+    pub attrs: &'a [u8],
+}
+
+/// A request to nfnetlink subsystem `subsys`: header, `nfgenmsg` (family,
+/// NFNETLINK_V0, res_id 0) and attributes.
+pub fn subsys_request(
+    subsys: u8,
+    msg_type: u8,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    attrs: &[u8],
+) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + 4 + attrs.len();
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&((u16::from(subsys) << 8) | u16::from(msg_type)).to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    buf.extend_from_slice(&[family, 0, 0, 0]);
+    buf.extend_from_slice(attrs);
+    buf
+}
+
+/// The message `m` as one of subsystem `subsys`; None for another
+/// subsystem, a control message, or a payload too short for `nfgenmsg`.
+pub fn subsys_message<'a>(subsys: u8, m: &Message<'a>) -> Option<SubsysMessage<'a>> {
+    if m.msg_type >> 8 != u16::from(subsys) || m.payload.len() < 4 {
+        return None;
+    }
+    Some(SubsysMessage {
+        msg_type: (m.msg_type & 0xff) as u8,
+        family: m.payload[0],
+        attrs: &m.payload[4..],
+    })
+}
+
+/// The first attribute of type `kind` (flags masked) in `buf`, whole: its
+/// header and payload without the trailing padding, as the kernel wrote it,
+/// so it can be sent back unchanged. Same bounds rules as [`Attrs`].
+pub fn raw_attr(mut buf: &[u8], kind: u16) -> Option<&[u8]> {
+    while buf.len() >= 4 {
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        if u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK == kind {
+            return Some(&buf[..len]);
+        }
+        buf = &buf[align4(len).min(buf.len())..];
+    }
+    None
+}
+
+/// Append whole attributes (from [`raw_attr`]) to `buf`, each padded.
+pub fn put_raw_attr(buf: &mut Vec<u8>, raw: &[u8]) {
+    buf.extend_from_slice(raw);
+    buf.resize(align4(buf.len()), 0);
+}
+
+impl NfSocket {
+    /// A dump (REQUEST|DUMP) of subsystem `subsys`: `each` sees every
+    /// message of that subsystem as it arrives. Returns the kernel's errno
+    /// if it refused, else whether the kernel marked the dump as interrupted
+    /// by a concurrent change (the caller may then dump again).
+    pub fn subsys_dump(
+        &mut self,
+        subsys: u8,
+        family: u8,
+        msg_type: u8,
+        attrs: &[u8],
+        each: impl FnMut(SubsysMessage<'_>),
+    ) -> Result<std::result::Result<bool, io::Error>> {
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let (error, interrupted) =
+            self.subsys_exchange(subsys, family, msg_type, flags, attrs, each)?;
+        Ok(match error {
+            Some(e) => Err(e),
+            None => Ok(interrupted),
+        })
+    }
+
+    /// A request (REQUEST|ACK) to subsystem `subsys` that changes state:
+    /// Ok once acknowledged, or the kernel's errno.
+    pub fn subsys_ack(
+        &mut self,
+        subsys: u8,
+        family: u8,
+        msg_type: u8,
+        attrs: &[u8],
+    ) -> Result<std::result::Result<(), io::Error>> {
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        let (error, _) = self.subsys_exchange(subsys, family, msg_type, flags, attrs, |_| {})?;
+        Ok(error.map_or(Ok(()), Err))
+    }
+
+    fn subsys_exchange(
+        &mut self,
+        subsys: u8,
+        family: u8,
+        msg_type: u8,
+        flags: u16,
+        attrs: &[u8],
+        mut each: impl FnMut(SubsysMessage<'_>),
+    ) -> Result<(Option<io::Error>, bool)> {
+        self.seq = self.seq.wrapping_add(1);
+        let buf = subsys_request(subsys, msg_type, flags, self.seq, family, attrs);
+        self.socket.send(&buf, 0).map_err(|e| self.io(e))?;
+        let mut interrupted = false;
+        loop {
+            let (data, _) = self.socket.recv_from_full().map_err(|e| self.io(e))?;
+            let msgs = messages(&data).map_err(|d| self.decode(d))?;
+            if msgs.is_empty() {
+                return Err(self.decode("empty datagram".to_owned()));
+            }
+            for m in msgs {
+                if m.seq != self.seq {
+                    continue; // a late reply to an earlier request
+                }
+                if m.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match m.msg_type {
+                    NLMSG_ERROR => {
+                        let code = error_code(m.payload).map_err(|d| self.decode(d))?;
+                        let error = (code != 0).then(|| io::Error::from_raw_os_error(-code));
+                        return Ok((error, interrupted));
+                    }
+                    NLMSG_DONE => {
+                        // A dump that failed part way ends with its errno here.
+                        let code = error_code(m.payload).unwrap_or(0);
+                        let error = (code < 0).then(|| io::Error::from_raw_os_error(-code));
+                        return Ok((error, interrupted));
+                    }
+                    _ => {
+                        if let Some(sm) = subsys_message(subsys, &m) {
+                            each(sm);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,9 @@
 //! them.
 //!
 //! Per kind of rule, our table `cni-rs` of the kind's family holds:
-//! - one base chain (e.g. `masquerading`) whose rules look the packet's key
-//!   (source address, input interface) up in the kind's verdict maps
+//! - one base chain (e.g. `masquerading`; [`crate::portmap`] has three, one
+//!   per hook it needs) whose rules look the packet's key (source address,
+//!   input interface, destination port) up in the kind's verdict maps
 //!   (`vmap`), created once per namespace;
 //! - per attachment (owner = network name + container id + ifname), one
 //!   regular chain `<kind>/<network>/<container id>/<ifname>` holding the
@@ -103,6 +104,10 @@ pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub(crate) const NFT_CMP_EQ: u32 = 0;
 pub(crate) const NFT_CMP_NEQ: u32 = 1;
 pub(crate) const NFT_META_IIFNAME: u32 = 6;
+pub(crate) const NFTA_NAT_TYPE: u16 = 1;
+pub(crate) const NFTA_NAT_FAMILY: u16 = 2;
+pub(crate) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+pub(crate) const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
 
 /// Who a chain belongs to: one attachment of one container to one network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,22 +142,31 @@ enum Holder {
     Other,
 }
 
+/// A base chain of a kind: its name, how it hooks in, and its rules (the
+/// `vmap` lookups dispatching to the owner chains, or anything else the
+/// kind needs once per namespace).
+pub(crate) struct BaseChain {
+    pub name: &'static str,
+    pub chain_type: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+    /// Add the base chain's rules.
+    pub rules: fn(&mut Batch, &Chain),
+}
+
 /// One kind of per-owner chain: the family of the `cni-rs` table it lives
-/// in, its base chain and how that hooks in, its maps and the base chain's
-/// rules looking them up, the first part of its owner chains' names, how a
-/// rule of an owner chain names its key, and what it is called in comments
-/// and errors.
+/// in, its base chains (one for most kinds) with their rules looking the
+/// maps up, its maps, the first part of its owner chains' names, how a rule
+/// of an owner chain names its key, and what it is called in comments and
+/// errors.
 pub(crate) struct ChainKind {
     pub family: ProtoFamily,
     pub prefix: &'static str,
     pub what: &'static str,
-    pub base: &'static str,
-    pub chain_type: ChainType,
-    pub hook: Hook,
-    pub priority: i32,
+    /// Created together, once per namespace; all of them must exist for an
+    /// owner's rules to be in force.
+    pub bases: &'static [BaseChain],
     pub maps: &'static [MapSpec],
-    /// Add the base chain's rules: one `vmap` lookup per map.
-    pub dispatch: fn(&mut Batch, &Chain),
     /// The map key a rule of an owner chain matches.
     pub rule_key: fn(Attrs) -> Option<MapKey>,
 }
@@ -229,19 +243,22 @@ impl ChainKind {
         Table::new(cstring(TABLE), self.family)
     }
 
-    /// Create the table, the maps and the base chain with its lookups,
-    /// unless the base chain exists. One batch; the base chain is created
+    /// Create the table, the maps and the base chains with their rules,
+    /// unless the base chains exist. One batch; each base chain is created
     /// exclusively, so a concurrent creator makes it fail as a whole with
-    /// EEXIST, which means the work is done.
+    /// EEXIST, which means the work is done. Only missing base chains are
+    /// created (one deleted by hand comes back on the next write).
     fn ensure_setup(&self, socket: &mut NfSocket, op: &'static str) -> Result<()> {
-        if self.chain(socket, self.base, op)?.is_some() {
-            return Ok(());
+        let mut missing = Vec::new();
+        for base in self.bases {
+            if self.chain(socket, base.name, op)?.is_none() {
+                missing.push(base);
+            }
         }
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
         let table = self.table();
-        let mut base = Chain::new(cstring(self.base), &table);
-        base.set_hook(self.hook, self.priority);
-        base.set_type(self.chain_type);
-        base.set_policy(Policy::Accept);
         let mut batch = Batch::new();
         batch.add(&table, MsgType::Add);
         for map in self.maps {
@@ -249,17 +266,32 @@ impl ChainKind {
             let map = VerdictMap::new(c"cni-rs", self.family, &name, map.key, map.id);
             batch.add(&map, MsgType::Add);
         }
-        batch.add(&Exclusive(&base), MsgType::Add);
-        (self.dispatch)(&mut batch, &base);
-        match commit(socket, op, self.base, batch) {
+        for base in &missing {
+            let mut chain = Chain::new(cstring(base.name), &table);
+            chain.set_hook(base.hook, base.priority);
+            chain.set_type(base.chain_type);
+            chain.set_policy(Policy::Accept);
+            batch.add(&Exclusive(&chain), MsgType::Add);
+            (base.rules)(&mut batch, &chain);
+        }
+        match commit(socket, op, first.name, batch) {
             Err(KernelError::Nftables { source, .. })
-                if errno(&source) == Some(Errno::EEXIST)
-                    && self.chain(socket, self.base, op)?.is_some() =>
+                if errno(&source) == Some(Errno::EEXIST) && self.has_bases(socket, op)? =>
             {
                 Ok(())
             }
             other => other,
         }
+    }
+
+    /// Whether every base chain exists as a base chain.
+    fn has_bases(&self, socket: &mut NfSocket, op: &'static str) -> Result<bool> {
+        for base in self.bases {
+            if self.chain(socket, base.name, op)? != Some(true) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether chain `name` of our table exists: `Some(true)` for a base
@@ -563,8 +595,8 @@ impl ChainKind {
         if current.legacy {
             return Ok(Some(current.rules));
         }
-        // Without the base chain nothing is dispatched to the owner's.
-        if self.chain(&mut socket, self.base, op)? != Some(true) {
+        // Without the base chains nothing is dispatched to the owner's.
+        if !self.has_bases(&mut socket, op)? {
             return Ok(Some(Vec::new()));
         }
         let keys = self.keys_of(&current.rules);
@@ -659,6 +691,16 @@ pub(crate) enum Expr<'a> {
     Cmp { op: u32, value: &'a [u8] },
     /// A verdict (NF_DROP, NF_ACCEPT, NFT_JUMP, ...).
     Verdict(i32),
+    /// Load the constant `value` into register `dreg`.
+    Immediate { dreg: u32, value: &'a [u8] },
+    /// NAT of type `nat_type` (NFT_NAT_SNAT, NFT_NAT_DNAT) for `family`, to
+    /// the address and port in the registers named (a range's minimum).
+    Nat {
+        nat_type: u32,
+        family: u32,
+        addr_reg: Option<u32>,
+        port_reg: Option<u32>,
+    },
     /// Anything else (a counter, masquerade, a meta set, ...).
     Other,
 }
@@ -692,6 +734,16 @@ fn parse_expr<'a>(name: Option<&str>, data: Attrs<'a>) -> Option<Expr<'a>> {
             let verdict = Attrs(data.get(NFTA_IMMEDIATE_DATA)?).get(NFTA_DATA_VERDICT)?;
             Expr::Verdict(Attrs(verdict).get_be32(NFTA_VERDICT_CODE)? as i32)
         }
+        "immediate" => Expr::Immediate {
+            dreg: data.get_be32(NFTA_IMMEDIATE_DREG)?,
+            value: Attrs(data.get(NFTA_IMMEDIATE_DATA)?).get(NFTA_DATA_VALUE)?,
+        },
+        "nat" => Expr::Nat {
+            nat_type: data.get_be32(NFTA_NAT_TYPE)?,
+            family: data.get_be32(NFTA_NAT_FAMILY)?,
+            addr_reg: data.get_be32(NFTA_NAT_REG_ADDR_MIN),
+            port_reg: data.get_be32(NFTA_NAT_REG_PROTO_MIN),
+        },
         _ => return None,
     })
 }
@@ -793,12 +845,14 @@ mod tests {
         family: ProtoFamily::Inet,
         prefix: "test",
         what: "testing",
-        base: "testing",
-        chain_type: ChainType::Filter,
-        hook: Hook::In,
-        priority: 0,
+        bases: &[BaseChain {
+            name: "testing",
+            chain_type: ChainType::Filter,
+            hook: Hook::In,
+            priority: 0,
+            rules: |_, _| {},
+        }],
         maps: &[],
-        dispatch: |_, _| {},
         rule_key: |_| None,
     };
 

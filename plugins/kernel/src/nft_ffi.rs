@@ -1,8 +1,9 @@
 //! The few nf_tables messages nftnl 0.9 cannot build, over `nftnl-sys`
 //! (libnftnl) directly: a named verdict map (a set with NFT_SET_MAP and
 //! verdict data), one element of such a map (key and `jump <chain>`), a
-//! `lookup` expression that writes the verdict register (a `vmap`), and a
-//! wrapper that adds NLM_F_EXCL to another message. All of this crate's
+//! `lookup` expression that writes the verdict register (a `vmap`), a `fib
+//! daddr type` expression, and a wrapper that adds NLM_F_EXCL to another
+//! message. All of this crate's
 //! `unsafe` for nf_tables is here (but for a test helper in `nft.rs`),
 //! behind safe constructors.
 //!
@@ -48,6 +49,13 @@ pub(crate) const IFNAME: KeyType = KeyType {
     datatype: 41,
     len: 16,
     byteorder: 1,
+};
+/// A transport port (`inet_service`), in network byte order as `th dport`
+/// loads it.
+pub(crate) const INET_SERVICE: KeyType = KeyType {
+    datatype: 13,
+    len: 2,
+    byteorder: 2,
 };
 /// NFTNL_UDATA_SET_KEYBYTEORDER: the first TLV (type, length, value) of the
 /// userdata nft writes on a set.
@@ -234,6 +242,36 @@ impl Expression for VerdictLookup<'_> {
     }
 }
 
+// include/uapi/linux/netfilter/nf_tables.h: enum nft_fib_flags,
+// enum nft_fib_result; include/uapi/linux/rtnetlink.h: RTN_LOCAL.
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+/// The route type of an address of the host itself.
+pub(crate) const RTN_LOCAL: u32 = 2;
+
+/// `fib daddr type`: look the packet's destination address up in the
+/// routing tables and load the type of the route found (RTN_LOCAL for an
+/// address of the host, RTN_UNICAST for one reached through it, ...) into
+/// register 1, as a u32 in host byte order. nftnl 0.9 has no fib.
+pub(crate) struct FibDaddrType;
+
+impl Expression for FibDaddrType {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: a fresh expression with three u32 attributes. The rule
+        // takes ownership of what we return (nftnl's Rule::add_expr).
+        unsafe {
+            let expr = alloc(sys::nftnl_expr_alloc(c"fib".as_ptr()));
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS as u16, NFTA_FIB_F_DADDR);
+            let result = NFT_FIB_RESULT_ADDRTYPE;
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_RESULT as u16, result);
+            let reg1 = libc::NFT_REG_1 as u32;
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, reg1);
+            expr
+        }
+    }
+}
+
 /// Another message with NLM_F_EXCL added: creating what exists fails with
 /// EEXIST (nftnl always creates chains without it).
 pub(crate) struct Exclusive<'a, T>(pub &'a T);
@@ -362,6 +400,33 @@ mod tests {
         assert_eq!(e[0].flags, p[0].flags | libc::NLM_F_EXCL as u16);
         assert_eq!(p[0].flags & libc::NLM_F_EXCL as u16, 0);
         assert_eq!(e[0].payload, p[0].payload);
+    }
+
+    #[test]
+    fn fib_loads_the_destination_address_type() {
+        let table = Table::new(c"cni-rs", ProtoFamily::Inet);
+        let chain = Chain::new(c"portmap-pre", &table);
+        let mut rule = Rule::new(&chain);
+        rule.add_expr(&FibDaddrType);
+        let (_, _, _, attrs) = message(&rule, MsgType::Add);
+        let list = Attrs(Attrs(&attrs).get(4).unwrap());
+        let expr = Attrs(list.clone().next().unwrap().1);
+        assert_eq!(expr.get_str(1), Some("fib"));
+        let data = Attrs(expr.get(2).unwrap());
+        // NFTA_FIB_DREG, _RESULT, _FLAGS
+        assert_eq!(data.get_be32(1), Some(libc::NFT_REG_1 as u32));
+        assert_eq!(data.get_be32(2), Some(3), "NFT_FIB_RESULT_ADDRTYPE");
+        assert_eq!(data.get_be32(3), Some(2), "NFTA_FIB_F_DADDR only");
+    }
+
+    #[test]
+    fn a_port_map_is_keyed_by_big_endian_ports() {
+        let map = VerdictMap::new(c"cni-rs", ProtoFamily::Inet, c"pm-tcp", INET_SERVICE, 4);
+        let (_, _, _, attrs) = message(&map, MsgType::Add);
+        let a = Attrs(&attrs);
+        assert_eq!(a.get_be32(4), Some(13), "inet_service");
+        assert_eq!(a.get_be32(5), Some(2));
+        assert_eq!(a.get(13).unwrap()[2], 2, "big endian");
     }
 
     #[test]

@@ -148,6 +148,29 @@ impl Netlink {
         self.execute("delete route", msg, 0)
     }
 
+    /// The interface the kernel would send a packet to `dst` out of.
+    pub fn route_oif(&mut self, dst: IpAddr) -> Result<Option<u32>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if dst.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        req.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        req.attributes.push(RouteAttribute::Destination(match dst {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+        let reply = self.get("get route", RouteNetlinkMessage::GetRoute(req))?;
+        Ok(match reply {
+            Some(RouteNetlinkMessage::NewRoute(m)) => m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            _ => None,
+        })
+    }
+
     /// Every route of both families in every table.
     pub fn routes(&mut self) -> Result<Vec<RouteSpec>> {
         let mut out = Vec::new();

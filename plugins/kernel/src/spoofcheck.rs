@@ -37,7 +37,7 @@ use nix::libc;
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::Attrs;
 use crate::nft::{
-    self, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME,
+    self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME,
     NFT_PAYLOAD_LL_HEADER,
 };
 use crate::nft_ffi::{IFNAME, VerdictLookup};
@@ -57,12 +57,14 @@ const KIND: ChainKind = ChainKind {
     family: ProtoFamily::Bridge,
     prefix: "spoof",
     what: "macspoofchk",
-    base: "spoofcheck",
-    chain_type: ChainType::Filter,
-    hook: Hook::PreRouting,
-    priority: -300,
+    bases: &[BaseChain {
+        name: "spoofcheck",
+        chain_type: ChainType::Filter,
+        hook: Hook::PreRouting,
+        priority: -300,
+        rules: dispatch,
+    }],
     maps: &[SPOOF],
-    dispatch,
     rule_key: |rule| rule_check(rule).map(|(ifname, _)| key(&ifname)),
 };
 /// IFNAMSIZ: an interface name and its NUL; `meta iifname` loads this much.
@@ -243,7 +245,7 @@ mod tests {
         assert_eq!(&k.key[..7], b"veth0a\0");
         assert_eq!(k.key.len(), SPOOF.key.len as usize);
         assert_eq!(padded("fifteen-bytes-x")[15], 0);
-        assert_eq!(KIND.parse_chain_name(KIND.base, "net1"), None);
+        assert_eq!(KIND.parse_chain_name(KIND.bases[0].name, "net1"), None);
     }
 
     /// Refused before anything is sent, so no kernel is needed.

@@ -1,7 +1,10 @@
 //! The portmap plugin's configuration.
 
-use cni_types::{CniError, NetConf, Request};
+use cni_kernel::portmap::{Cond, MASQ_MARK};
+use cni_types::{CniError, Code, NetConf, Request};
 use serde::Deserialize;
+
+use crate::conditions;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,11 +27,15 @@ pub struct PortMapConf {
     pub external_set_mark_chain: Option<String>,
     #[serde(default)]
     pub backend: Option<String>,
+    #[serde(skip)]
+    pub v4: Vec<Cond>,
+    #[serde(skip)]
+    pub v6: Vec<Cond>,
 }
 
 impl PortMapConf {
     pub fn load(req: &Request) -> Result<PortMapConf, CniError> {
-        let c: PortMapConf = req.config()?;
+        let mut c: PortMapConf = req.config()?;
         if let Some(bit) = c.mark_masq_bit
             && !(0..=31).contains(&bit)
         {
@@ -41,6 +48,24 @@ impl PortMapConf {
                 "markMasqBit and externalSetMarkChain cannot be used together",
             ));
         }
+        // Our masquerade mark is the reference's default bit; another bit, or
+        // an iptables chain that sets the mark, has no nftables meaning here.
+        if let Some(bit) = c.mark_masq_bit
+            && 1u32 << (bit as u32) != MASQ_MARK
+        {
+            return Err(CniError::new(
+                Code::UNSUPPORTED_FIELD,
+                format!("markMasqBit {bit} is not supported; the mark bit is 13"),
+            ));
+        }
+        if c.external_set_mark_chain.is_some() {
+            return Err(CniError::new(
+                Code::UNSUPPORTED_FIELD,
+                "externalSetMarkChain is an iptables option",
+            ));
+        }
+        c.v4 = conditions::parse(c.conditions_v4.as_deref().unwrap_or_default(), false)?;
+        c.v6 = conditions::parse(c.conditions_v6.as_deref().unwrap_or_default(), true)?;
         if let Some(b) = &c.backend
             && b != "nftables"
             && b != "iptables"
@@ -69,5 +94,11 @@ impl PortMapConf {
             }
         }
         Ok(c)
+    }
+}
+
+impl PortMapConf {
+    pub fn snat(&self) -> bool {
+        self.snat.unwrap_or(true)
     }
 }

@@ -1,64 +1,13 @@
-//! The portmap plugin. This build parses and checks its configuration; the
-//! network work itself is not implemented yet (issue #5), so every verb
-//! after validation answers with a clear error and STATUS reports the plugin
-//! as not available (50), which tells runtimes not to schedule ADDs on it.
+//! The portmap plugin: host ports forwarded to a container, as nftables
+//! rules in our own table, chained after a plugin that gave the container its
+//! addresses (bridge).
 
-// The ADD path reads every field; until it lands only validation does.
-#[allow(dead_code)]
+mod conditions;
 mod config;
-
-use cni_types::{CniError, CniResult, Code, Plugin, Request};
-
-struct PortMapPlugin;
-
-/// Validate the config, then say plainly what is missing.
-fn not_yet(req: &Request) -> CniError {
-    match config::PortMapConf::load(req) {
-        Err(e) => e,
-        Ok(_) => CniError::new(
-            Code::INTERNAL,
-            format!(
-                "portmap {} is not implemented in this build of cni-rs",
-                req.env.command.as_str()
-            ),
-        ),
-    }
-}
-
-impl Plugin for PortMapPlugin {
-    fn about(&self) -> &str {
-        concat!("cni-rs portmap plugin v", env!("CARGO_PKG_VERSION"))
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Err(not_yet(req))
-    }
-
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Err(not_yet(req))
-    }
-
-    fn status(&self, req: &Request) -> Result<(), CniError> {
-        let e = not_yet(req);
-        Err(if e.code == Code::INTERNAL {
-            CniError {
-                code: Code::NOT_AVAILABLE,
-                ..e
-            }
-        } else {
-            e
-        })
-    }
-}
+mod error;
+mod mappings;
+mod plugin;
 
 fn main() {
-    cni_types::plugin::run(&PortMapPlugin)
+    cni_types::plugin::run(&plugin::Portmap)
 }

@@ -1,0 +1,373 @@
+//! The portmap plugin chained after bridge + host-local, with real traffic:
+//! a host namespace H (standing in for the machine), containers on its
+//! bridge, and a client namespace X beside H (another machine on the LAN).
+//! Every connection is made from inside a namespace the test created.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use cni_tests::{Call, Netns, Server, TempDir, cmd, must, tcp_fetch, udp_ask, unique, wait_for};
+use serde_json::{Value, json};
+
+struct World {
+    host: Netns,
+    client: Netns,
+    store: TempDir,
+    bridge: String,
+    /// 10.210.N.0/24 and fd21:N::/64 for containers.
+    n: u8,
+}
+
+/// H's address on the LAN with X, and X's.
+const H_LAN: &str = "198.51.100.1";
+const X_LAN: &str = "198.51.100.2";
+const H_LAN6: &str = "2001:db8:51::1";
+
+impl World {
+    fn new() -> World {
+        static NEXT: AtomicU8 = AtomicU8::new(1);
+        let w = World {
+            host: Netns::new("pmh"),
+            client: Netns::new("pmx"),
+            store: TempDir::new("pmstore"),
+            bridge: unique("cnp"),
+            n: NEXT.fetch_add(1, Ordering::Relaxed),
+        };
+        let (h_if, x_if) = (unique("ph"), unique("px"));
+        w.host.ip(&[
+            "link",
+            "add",
+            &h_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &x_if,
+            "netns",
+            &w.client.name,
+        ]);
+        w.host
+            .ip(&["addr", "add", &format!("{H_LAN}/24"), "dev", &h_if]);
+        w.host.ip(&[
+            "addr",
+            "add",
+            &format!("{H_LAN6}/64"),
+            "dev",
+            &h_if,
+            "nodad",
+        ]);
+        w.host.ip(&["link", "set", &h_if, "up"]);
+        w.host.ip(&["link", "set", "lo", "up"]);
+        w.client
+            .ip(&["addr", "add", &format!("{X_LAN}/24"), "dev", &x_if]);
+        w.client
+            .ip(&["addr", "add", "2001:db8:51::2/64", "dev", &x_if, "nodad"]);
+        w.client.ip(&["link", "set", &x_if, "up"]);
+        w.client.ip(&["link", "set", "lo", "up"]);
+        w
+    }
+
+    fn ip(&self, last: u8) -> String {
+        format!("10.210.{}.{last}", self.n)
+    }
+
+    fn bridge_conf(&self) -> Value {
+        // hairpinMode: a container reaching its own mapping through the host
+        // goes back out its own bridge port (as with the reference).
+        json!({
+            "cniVersion": "1.0.0", "name": "pmnet", "type": "bridge", "bridge": self.bridge,
+            "isGateway": true, "isDefaultGateway": true, "ipMasq": true, "hairpinMode": true,
+            "ipam": {"type": "host-local", "dataDir": self.store.path(), "ranges": [
+                [{"subnet": format!("10.210.{}.0/24", self.n)}], [{"subnet": format!("fd21:{}::/64", self.n)}]
+            ]}
+        })
+    }
+
+    fn portmap_conf(&self, prev: &Value, mappings: Value, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.0.0", "name": "pmnet", "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": prev
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn call(&self, plugin: &str, verb: &str, id: &str, conf: &Value) -> Call {
+        Call::new(plugin, verb)
+            .in_host(&self.host)
+            .var("CNI_CONTAINERID", Some(id))
+            .conf(conf)
+    }
+
+    /// bridge ADD, then portmap ADD with its result; returns (bridge result, portmap conf used).
+    fn attach(&self, ns: &Netns, id: &str, mappings: Value, extra: Value) -> (Value, Value) {
+        let prev = self
+            .call("bridge", "ADD", id, &self.bridge_conf())
+            .netns(ns)
+            .run()
+            .success();
+        let pm = self.portmap_conf(&prev, mappings, extra);
+        let out = self
+            .call("portmap", "ADD", id, &pm)
+            .netns(ns)
+            .run()
+            .success();
+        assert_eq!(out, prev, "portmap returns the previous result unchanged");
+        (prev, pm)
+    }
+
+    fn nft(&self) -> String {
+        String::from_utf8(
+            cmd(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.host.name,
+                    "nft",
+                    "list",
+                    "table",
+                    "inet",
+                    "cni-rs",
+                ],
+            )
+            .stdout,
+        )
+        .unwrap()
+    }
+}
+
+fn tcp(host_port: u16, container_port: u16) -> Value {
+    json!({"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"})
+}
+
+#[test]
+fn tcp_reaches_the_container_by_every_path() {
+    let w = World::new();
+    let (c1, c2) = (Netns::new("pm1"), Netns::new("pm2"));
+    let _s1 = Server::start(&c1, 80, "from c1");
+    let (prev, pm) = w.attach(&c1, "c1", json!([tcp(8080, 80)]), json!({}));
+    w.attach(&c2, "c2", json!([]), json!({}));
+    let gw = w.ip(1);
+
+    // From another machine, to the host's LAN address.
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("{H_LAN}:8080")).as_deref(),
+        Some("from c1")
+    );
+    // From the host itself: its bridge address and 127.0.0.1 (route_localnet).
+    assert_eq!(
+        tcp_fetch(&w.host, &format!("{gw}:8080")).as_deref(),
+        Some("from c1")
+    );
+    assert_eq!(
+        tcp_fetch(&w.host, "127.0.0.1:8080").as_deref(),
+        Some("from c1")
+    );
+    // Hairpin: the container itself and its neighbour, through the host.
+    assert_eq!(
+        tcp_fetch(&c1, &format!("{H_LAN}:8080")).as_deref(),
+        Some("from c1")
+    );
+    assert_eq!(
+        tcp_fetch(&c2, &format!("{gw}:8080")).as_deref(),
+        Some("from c1")
+    );
+    // IPv6, from the other machine. Measured on this kernel: until the
+    // container has sent an IPv6 packet, the host's neighbour solicitation for
+    // it goes unanswered, so the very first inbound IPv6 connection fails
+    // (not specific to portmap; not cured by ndisc_notify, by disabling
+    // multicast snooping or by bringing the link up before the address; the
+    // cause is not pinned down yet). Let the container speak first.
+    assert!(c1.ping(&format!("fd21:{}::1", w.n)));
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("[{H_LAN6}]:8080")).as_deref(),
+        Some("from c1")
+    );
+
+    // CHECK passes, and catches the owner's chain flushed behind its back.
+    w.call("portmap", "CHECK", "c1", &pm)
+        .netns(&c1)
+        .run()
+        .silent_success();
+    let chain = "pm/pmnet/c1/eth0";
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &w.host.name,
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "cni-rs",
+            chain,
+        ],
+    );
+    w.call("portmap", "CHECK", "c1", &pm)
+        .netns(&c1)
+        .run()
+        .error(101);
+
+    // DEL without portMappings (runtimes need not pass them again) and with
+    // an empty CNI_NETNS: the mapping is gone.
+    let mut bare = pm.clone();
+    bare["runtimeConfig"] = json!({});
+    bare["prevResult"] = prev;
+    w.call("portmap", "DEL", "c1", &bare)
+        .var("CNI_NETNS", Some(""))
+        .run()
+        .silent_success();
+    w.call("portmap", "DEL", "c1", &bare)
+        .var("CNI_NETNS", Some(""))
+        .run()
+        .silent_success();
+    assert!(!w.nft().contains(chain), "{}", w.nft());
+    assert_eq!(tcp_fetch(&w.client, &format!("{H_LAN}:8080")), None);
+}
+
+#[test]
+fn forwarded_traffic_is_never_translated_and_host_ip_restricts() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    let _s80 = Server::start(&c1, 80, "port 80");
+    let mut restricted = tcp(8081, 80);
+    restricted["hostIP"] = json!(H_LAN);
+    w.attach(&c1, "c1", json!([tcp(8080, 80), restricted]), json!({}));
+
+    // X routes to the container subnet through H: a connection to the
+    // container's own port 8080 is forwarded, not translated (nothing listens).
+    w.client.ip(&[
+        "route",
+        "add",
+        &format!("10.210.{}.0/24", w.n),
+        "via",
+        H_LAN,
+    ]);
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("{}:80", w.ip(2))).as_deref(),
+        Some("port 80")
+    );
+    assert_eq!(tcp_fetch(&w.client, &format!("{}:8080", w.ip(2))), None);
+
+    // hostIP: only that address answers.
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("{H_LAN}:8081")).as_deref(),
+        Some("port 80")
+    );
+    assert_eq!(tcp_fetch(&w.host, &format!("{}:8081", w.ip(1))), None);
+}
+
+#[test]
+fn udp_maps_and_stale_conntrack_entries_are_flushed() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    let _s = Server::start(&c1, 53, "udp from c1");
+    // Before the mapping exists, X's datagrams to H:5353 leave a conntrack
+    // entry in H that would keep them away from the container afterwards.
+    w.attach(&Netns::new("pm0"), "warm", json!([]), json!({})); // conntrack active in H
+    assert_eq!(udp_ask(&w.client, &format!("{H_LAN}:5353"), 40000), None);
+    let stale = || {
+        let out = cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &w.host.name,
+                "conntrack",
+                "-L",
+                "-p",
+                "udp",
+                "--dport",
+                "5353",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).contains("sport=40000")
+    };
+    assert!(wait_for(stale), "no conntrack entry to flush");
+    let udp = json!({"hostPort": 5353, "containerPort": 53, "protocol": "udp"});
+    let (prev, pm) = w.attach(&c1, "c1", json!([udp]), json!({}));
+    // Same source port: without the flush the old entry would win.
+    assert_eq!(
+        udp_ask(&w.client, &format!("{H_LAN}:5353"), 40000).as_deref(),
+        Some("udp from c1")
+    );
+    // DEL flushes too (the reference leaves them).
+    let mut del = pm.clone();
+    del["prevResult"] = prev;
+    w.call("portmap", "DEL", "c1", &del)
+        .netns(&c1)
+        .run()
+        .silent_success();
+    assert!(!stale(), "DEL left the UDP conntrack entry");
+}
+
+#[test]
+fn conditions_limit_who_is_translated() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    let _s = Server::start(&c1, 80, "from c1");
+    let extra = json!({"conditionsV4": [format!("ip saddr != {X_LAN}")]});
+    w.attach(&c1, "c1", json!([tcp(8080, 80)]), extra);
+    assert_eq!(tcp_fetch(&w.client, &format!("{H_LAN}:8080")), None);
+    assert_eq!(
+        tcp_fetch(&w.host, "127.0.0.1:8080").as_deref(),
+        Some("from c1")
+    );
+    // Outside the documented subset: refused with code 2, nothing installed.
+    let c2 = Netns::new("pm2");
+    let prev = w
+        .call("bridge", "ADD", "c2", &w.bridge_conf())
+        .netns(&c2)
+        .run()
+        .success();
+    let pm = w.portmap_conf(
+        &prev,
+        json!([tcp(9090, 80)]),
+        json!({"conditionsV4": ["tcp flags syn"]}),
+    );
+    w.call("portmap", "ADD", "c2", &pm)
+        .netns(&c2)
+        .run()
+        .error(2);
+    assert!(!w.nft().contains("pm/pmnet/c2/eth0"));
+}
+
+#[test]
+fn chaining_rules_pass_through_and_gc() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    // Without prevResult portmap cannot know the container: code 7.
+    let mut c = w.portmap_conf(&json!(null), json!([tcp(8080, 80)]), json!({}));
+    c.as_object_mut().unwrap().remove("prevResult");
+    w.call("portmap", "ADD", "c1", &c).netns(&c1).run().error(7);
+    // Without mappings it passes the result through and installs nothing.
+    let (_, _) = w.attach(&c1, "c1", json!([]), json!({}));
+    assert!(!w.nft().contains("pm/"), "{}", w.nft());
+
+    let (c2, c3) = (Netns::new("pm2"), Netns::new("pm3"));
+    w.attach(&c2, "c2", json!([tcp(8082, 80)]), json!({}));
+    w.attach(&c3, "c3", json!([tcp(8083, 80)]), json!({}));
+    let gc = json!({"cniVersion": "1.1.0", "name": "pmnet", "type": "portmap",
+                    "cni.dev/valid-attachments": [{"containerID": "c3", "ifname": "eth0"}]});
+    Call::new("portmap", "GC")
+        .in_host(&w.host)
+        .conf(&gc)
+        .run()
+        .silent_success();
+    let t = w.nft();
+    assert!(
+        !t.contains("pm/pmnet/c2/eth0") && t.contains("pm/pmnet/c3/eth0"),
+        "{t}"
+    );
+    let status = json!({"cniVersion": "1.1.0", "name": "pmnet", "type": "portmap"});
+    Call::new("portmap", "STATUS")
+        .in_host(&w.host)
+        .conf(&status)
+        .run()
+        .silent_success();
+}
