@@ -17,7 +17,8 @@ ctr_b=cnirs-demo-b-$tag
 work=$(mktemp -d /tmp/cnirs-demo.XXXXXX)
 web_pid=
 cleanup() {
-  [[ -n "$web_pid" ]] && kill "$web_pid" 2>/dev/null && wait "$web_pid" 2>/dev/null
+  # Never stop half-way: every step may fail harmlessly.
+  if [[ -n "$web_pid" ]]; then kill "$web_pid" 2>/dev/null || true; wait "$web_pid" 2>/dev/null || true; fi
   for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -34,6 +35,7 @@ export NETCONFPATH=$work/net.d CNI_PATH=$bin CNI_CACHE_DIR=$work/cache
 
 say "A container runtime gives each container its own network namespace. We make two, plus one standing in for the host"
 run ip netns add "$host"
+run ip -n "$host" link set lo up   # as on a real host
 run ip netns add "$ctr_a"
 run ip netns add "$ctr_b"
 
@@ -107,7 +109,7 @@ printf '$ echo "{not json" | CNI_COMMAND=ADD ... bridge\n'
 echo '{not json' | CNI_COMMAND=ADD CNI_CONTAINERID=demo CNI_NETNS="/run/netns/$ctr_a" CNI_IFNAME=eth0 in_host "$bin/bridge" || echo "(exit $?)"
 
 say "Clean-up: the web server stops, the namespaces go away"
-kill "$web_pid" && wait "$web_pid" 2>/dev/null; web_pid=
+kill "$web_pid"; wait "$web_pid" 2>/dev/null || true; web_pid=
 for ns in "$ctr_a" "$ctr_b" "$host"; do ip netns del "$ns"; done
 if ip netns list | grep -q "cnirs-demo-.*-$tag"; then echo "namespaces left behind" >&2; exit 1; fi
 echo "nothing left behind"
