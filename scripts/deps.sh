@@ -11,6 +11,7 @@ packages=(
   jq            # the demo pretty-prints results
   iputils-ping  # connectivity tests between container namespaces
   conntrack     # the tests create and inspect conntrack entries (the plugins use netlink)
+  iptables      # coexistence tests write kube-proxy/Docker-style rules; the reference portmap needs it
   curl          # the demo fetches a page through a mapped port
   containernetworking-plugins  # the Go reference plugins: peers in tests, baseline in benchmarks
 )

@@ -371,3 +371,66 @@ fn chaining_rules_pass_through_and_gc() {
         .run()
         .silent_success();
 }
+
+#[test]
+fn coexists_with_iptables_nft_rules_and_a_drop_forward_policy() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    let _s = Server::start(&c1, 80, "from c1");
+    let ipt = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &w.host.name, "iptables"];
+        full.extend_from_slice(args);
+        must("ip", &full);
+    };
+    // kube-proxy style: its own nat chain hooked from PREROUTING and OUTPUT.
+    ipt(&["-t", "nat", "-N", "KUBE-SERVICES"]);
+    ipt(&["-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES"]);
+    ipt(&["-t", "nat", "-A", "OUTPUT", "-j", "KUBE-SERVICES"]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "KUBE-SERVICES",
+        "-p",
+        "tcp",
+        "--dport",
+        "9999",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "192.0.2.9:1",
+    ]);
+    // Docker style: FORWARD policy drop.
+    ipt(&["-P", "FORWARD", "DROP"]);
+    w.attach(&c1, "c1", json!([tcp(8080, 80)]), json!({}));
+
+    // Local connections do not cross FORWARD: they work.
+    assert_eq!(
+        tcp_fetch(&w.host, "127.0.0.1:8080").as_deref(),
+        Some("from c1")
+    );
+    // From another machine the DNATed connection is forwarded: dropped...
+    assert_eq!(tcp_fetch(&w.client, &format!("{H_LAN}:8080")), None);
+    // ...until the host accepts forwarding to and from the containers, as
+    // docs/portmap.md says.
+    let subnet = format!("10.210.{}.0/24", w.n);
+    ipt(&["-A", "FORWARD", "-d", &subnet, "-j", "ACCEPT"]);
+    ipt(&["-A", "FORWARD", "-s", &subnet, "-j", "ACCEPT"]);
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("{H_LAN}:8080")).as_deref(),
+        Some("from c1")
+    );
+    // Our table and theirs side by side.
+    let ruleset = String::from_utf8(
+        cmd(
+            "ip",
+            &["netns", "exec", &w.host.name, "nft", "list", "ruleset"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        ruleset.contains("KUBE-SERVICES") && ruleset.contains("table inet cni-rs"),
+        "{ruleset}"
+    );
+}

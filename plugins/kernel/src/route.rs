@@ -148,7 +148,8 @@ impl Netlink {
         self.execute("delete route", msg, 0)
     }
 
-    /// The interface the kernel would send a packet to `dst` out of.
+    /// The interface the kernel would send a packet to `dst` out of; `None`
+    /// when it has no route there.
     pub fn route_oif(&mut self, dst: IpAddr) -> Result<Option<u32>> {
         let mut req = RouteMessage::default();
         req.header.address_family = if dst.is_ipv4() {
@@ -161,7 +162,18 @@ impl Netlink {
             IpAddr::V4(a) => RouteAddress::Inet(a),
             IpAddr::V6(a) => RouteAddress::Inet6(a),
         }));
-        let reply = self.get("get route", RouteNetlinkMessage::GetRoute(req))?;
+        let reply = match self.get("get route", RouteNetlinkMessage::GetRoute(req)) {
+            // No route at all is an answer, not a failure.
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(nix::errno::Errno::ENETUNREACH | nix::errno::Errno::EHOSTUNREACH)
+                ) =>
+            {
+                return Ok(None);
+            }
+            r => r?,
+        };
         Ok(match reply {
             Some(RouteNetlinkMessage::NewRoute(m)) => m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(i) => Some(*i),
