@@ -191,6 +191,30 @@ impl Drop for TempDir {
     }
 }
 
+/// The reservations in a host-local network store directory: files named
+/// by an address, with what they hold, sorted.
+pub fn reservations_in(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+                })
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Where the workspace's binaries are: `CNIRS_BIN_DIR`, else the target
 /// directory this test binary was built into.
 pub fn bin_dir() -> PathBuf {

@@ -93,17 +93,7 @@ impl World {
     }
 
     fn reservations(&self) -> usize {
-        std::fs::read_dir(self.store.path().join("brnet"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+        cni_tests::reservations_in(&self.store.path().join("brnet")).len()
     }
 }
 

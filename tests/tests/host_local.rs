@@ -33,25 +33,7 @@ fn store(dir: &TempDir) -> PathBuf {
 
 /// The reservation files (names that are addresses) and their contents.
 fn reservations(dir: &TempDir) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = fs::read_dir(store(dir))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-                })
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        fs::read_to_string(e.path()).unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    cni_tests::reservations_in(&store(dir))
 }
 
 fn address(result: &Value, i: usize) -> String {
