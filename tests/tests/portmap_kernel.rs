@@ -171,6 +171,56 @@ fn elements(ns: &TestNs, map: &str) -> Vec<(u64, String)> {
     elems
 }
 
+/// A value of nft's JSON: a concatenation joined with " . ".
+fn text(v: &Value) -> String {
+    match v {
+        Value::Object(o) if o.contains_key("concat") => o["concat"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>()
+            .join(" . "),
+        // An element with a comment.
+        Value::Object(o) if o.contains_key("elem") => text(&o["elem"]["val"]),
+        Value::Object(o) if o.contains_key("prefix") => {
+            format!("{}/{}", text(&o["prefix"]["addr"]), o["prefix"]["len"])
+        }
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The elements of a data map (`pm4-any`, ...) as "key : data", or of a
+/// set as "key", sorted.
+fn data_elements(ns: &TestNs, name: &str) -> Vec<String> {
+    let mut elems: Vec<String> = objects(ns)
+        .iter()
+        .filter_map(|o| {
+            let m = o.get("map").or_else(|| o.get("set"))?;
+            (m["name"] == name).then(|| m["elem"].as_array().cloned().unwrap_or_default())
+        })
+        .flatten()
+        .map(|e| match &e {
+            Value::Array(kv) => format!("{} : {}", text(&kv[0]), text(&kv[1])),
+            Value::Object(o) if o.contains_key("elem") => {
+                let v = &o["elem"]["val"];
+                match v {
+                    Value::Array(kv) => format!("{} : {}", text(&kv[0]), text(&kv[1])),
+                    other => text(other),
+                }
+            }
+            other => text(other),
+        })
+        .collect();
+    elems.sort();
+    elems
+}
+
+fn strs(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 fn elems(list: &[(u64, &str)]) -> Vec<(u64, String)> {
     list.iter().map(|(k, c)| (*k, c.to_string())).collect()
 }
@@ -201,10 +251,31 @@ fn chain_lines(ns: &TestNs, name: &str) -> Vec<String> {
         .collect()
 }
 
-const DISPATCH: [&str; 3] = [
+const DISPATCH: [&str; 11] = [
     "fib daddr type local tcp dport vmap @pm-tcp",
     "fib daddr type local udp dport vmap @pm-udp",
     "fib daddr type local sctp dport vmap @pm-sctp",
+    "fib daddr type local ip saddr @pm4-src meta l4proto . th dport @pm4-snat meta mark set meta mark | 0x00002000",
+    "fib daddr type local meta nfproto ipv4 meta l4proto . th dport @pm4-masqall meta mark set meta mark | 0x00002000",
+    "fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @pm4-addr",
+    "fib daddr type local meta nfproto ipv4 dnat ip to meta l4proto . th dport map @pm4-any",
+    "fib daddr type local ip6 saddr @pm6-src meta l4proto . th dport @pm6-snat meta mark set meta mark | 0x00002000",
+    "fib daddr type local meta nfproto ipv6 meta l4proto . th dport @pm6-masqall meta mark set meta mark | 0x00002000",
+    "fib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @pm6-addr",
+    "fib daddr type local meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @pm6-any",
+];
+
+/// The data maps and the port sets, emptied when their owners go (the
+/// source sets keep what they were given).
+const DATA: [&str; 8] = [
+    "pm4-any",
+    "pm4-addr",
+    "pm4-snat",
+    "pm4-masqall",
+    "pm6-any",
+    "pm6-addr",
+    "pm6-snat",
+    "pm6-masqall",
 ];
 
 /// What stays once every owner is gone: the maps, empty, and the three
@@ -214,8 +285,12 @@ fn assert_only_the_setup(ns: &TestNs) {
     for m in ["pm-tcp", "pm-udp", "pm-sctp"] {
         assert!(elements(ns, m).is_empty(), "{m}: {:?}", elements(ns, m));
     }
+    for m in DATA {
+        let e = data_elements(ns, m);
+        assert!(e.is_empty(), "{m}: {e:?}");
+    }
     assert_eq!(
-        chain_lines(ns, "portmap-pre"),
+        chain_lines(ns, "portmap-prerouting"),
         [
             &["type nat hook prerouting priority dstnat; policy accept;"][..],
             &DISPATCH
@@ -223,7 +298,7 @@ fn assert_only_the_setup(ns: &TestNs) {
         .concat()
     );
     assert_eq!(
-        chain_lines(ns, "portmap-out"),
+        chain_lines(ns, "portmap-output"),
         [
             &["type nat hook output priority -100; policy accept;"][..],
             &DISPATCH
@@ -274,8 +349,8 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
 
     // The base chains, once per namespace.
     for (base, hook, prio) in [
-        ("portmap-pre", "prerouting", -100),
-        ("portmap-out", "output", -100),
+        ("portmap-prerouting", "prerouting", -100),
+        ("portmap-output", "output", -100),
         ("portmap-masq", "postrouting", 100),
     ] {
         let c = chain(&ns, base).unwrap_or_else(|| panic!("no {base}"));
@@ -290,12 +365,28 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         .filter_map(|o| o.get("map").cloned())
         .collect();
     let names: Vec<&str> = maps.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["pm-tcp", "pm-udp", "pm-sctp"]);
-    for m in &maps {
+    assert_eq!(
+        names,
+        [
+            "pm-tcp", "pm-udp", "pm-sctp", "pm4-any", "pm4-addr", "pm6-any", "pm6-addr"
+        ]
+    );
+    for m in &maps[..3] {
         assert_eq!(
             (&m["type"], &m["map"]),
             (&"inet_service".into(), &"verdict".into())
         );
+    }
+    let text = listing(&ns).unwrap();
+    for decl in [
+        "map pm4-any {\n\t\ttype inet_proto . inet_service : ipv4_addr . inet_service\n",
+        "map pm4-addr {\n\t\ttype ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service\n",
+        "map pm6-any {\n\t\ttype inet_proto . inet_service : ipv6_addr . inet_service\n",
+        "map pm6-addr {\n\t\ttype ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service\n",
+        "set pm4-src {\n\t\ttype ipv4_addr\n\t\tflags interval\n",
+        "set pm4-snat {\n\t\ttype inet_proto . inet_service\n",
+    ] {
+        assert!(text.contains(decl), "{decl} in {text}");
     }
 
     // The owner's chain is a regular chain, reached through its elements.
@@ -304,14 +395,18 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     assert_eq!(elements(&ns, "pm-tcp"), elems(&[(8080, name)]));
     assert_eq!(elements(&ns, "pm-udp"), elems(&[(5353, name)]));
     assert_eq!(elements(&ns, "pm-sctp"), elems(&[(9000, name)]));
+    // With IPv4 conditions, the IPv4 mappings are rules reached through
+    // the verdict maps; the IPv6 one (no IPv6 conditions) is an element of
+    // `pm6-any`, and its rules in the chain only its record.
     let comment = "comment \"cni-rs portmap: net1 ctr-1 eth0\"";
+    let record = "comment \"cni-rs portmap record: net1 ctr-1 eth0\"";
     let cond = "iifname != \"cni0\"";
     let expected: Vec<String> = [
         format!("{cond} tcp dport 8080 ip saddr 10.66.0.0/24 meta mark set meta mark | 0x00002000"),
         format!("{cond} tcp dport 8080 ip saddr 127.0.0.0/8 meta mark set meta mark | 0x00002000"),
         format!("{cond} tcp dport 8080 dnat ip to 10.66.0.2:80"),
-        "tcp dport 8080 ip6 saddr fd66::/64 meta mark set meta mark | 0x00002000".into(),
-        "tcp dport 8080 dnat ip6 to [fd66::2]:80".into(),
+        format!("tcp dport 8080 ip6 saddr fd66::/64 meta mark set meta mark | 0x00002000 {record}"),
+        format!("tcp dport 8080 dnat ip6 to [fd66::2]:80 {record}"),
         format!("{cond} udp dport 5353 ip daddr 198.51.100.1 ip saddr 10.66.0.0/24 meta mark set meta mark | 0x00002000"),
         format!("{cond} udp dport 5353 ip daddr 198.51.100.1 ip saddr 127.0.0.0/8 meta mark set meta mark | 0x00002000"),
         format!("{cond} udp dport 5353 ip daddr 198.51.100.1 dnat ip to 10.66.0.2:53"),
@@ -320,9 +415,26 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         format!("{cond} sctp dport 9000 dnat ip to 10.66.0.2:9000"),
     ]
     .into_iter()
-    .map(|r| format!("{r} {comment}"))
+    .map(|r| {
+        if r.contains(record) {
+            r
+        } else {
+            format!("{r} {comment}")
+        }
+    })
     .collect();
     assert_eq!(chain_lines(&ns, name), expected);
+    assert_eq!(
+        data_elements(&ns, "pm6-any"),
+        strs(&["tcp . 8080 : fd66::2 . 80"])
+    );
+    assert_eq!(data_elements(&ns, "pm6-snat"), strs(&["tcp . 8080"]));
+    assert_eq!(data_elements(&ns, "pm6-src"), strs(&["fd66::/64"]));
+    assert!(data_elements(&ns, "pm4-any").is_empty());
+    assert!(
+        text.contains("tcp . 8080 comment \"cni-rs portmap: net1 ctr-1 eth0\" : fd66::2 . 80"),
+        "{text}"
+    );
     assert!(
         listing(&ns)
             .unwrap()
@@ -361,17 +473,45 @@ fn re_add_replaces_rather_than_duplicates() {
         "a localhost and a DNAT rule each"
     );
     assert_eq!(
-        elements(&ns, "pm-tcp"),
-        elems(&[(8080, name), (8443, name)])
+        data_elements(&ns, "pm4-any"),
+        strs(&[
+            "tcp . 8080 : 10.66.0.2 . 80",
+            "tcp . 8443 : 10.66.0.2 . 443"
+        ])
     );
+    assert_eq!(
+        data_elements(&ns, "pm4-snat"),
+        strs(&["tcp . 8080", "tcp . 8443"])
+    );
+    assert_eq!(data_elements(&ns, "pm4-src"), strs(&["127.0.0.0/8"]));
     assert_eq!(installed(&ns, &o), Some(first.to_vec()));
-    assert_eq!(chain_lines(&ns, "portmap-pre").len(), 4, "setup made twice");
+    assert_eq!(
+        chain_lines(&ns, "portmap-prerouting").len(),
+        12,
+        "setup made twice"
+    );
 
     // The elements of ports it no longer maps go with their rules.
     let second = [map(Proto::Udp, 8080, None, "10.66.0.2", 80)];
     add(&ns, &o, &second);
-    assert!(elements(&ns, "pm-tcp").is_empty());
-    assert_eq!(elements(&ns, "pm-udp"), elems(&[(8080, name)]));
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["udp . 8080 : 10.66.0.2 . 80"])
+    );
+    assert_eq!(data_elements(&ns, "pm4-snat"), strs(&["udp . 8080"]));
+    // masqAll moves the port to the other set.
+    add_with(
+        &ns,
+        &o,
+        &second,
+        &Opts {
+            masq_all: true,
+            ..Opts::default()
+        },
+    );
+    assert!(data_elements(&ns, "pm4-snat").is_empty());
+    assert_eq!(data_elements(&ns, "pm4-masqall"), strs(&["udp . 8080"]));
+    add(&ns, &o, &second);
     assert_eq!(installed(&ns, &o), Some(second.to_vec()));
     assert_eq!(rule_count(&ns, name), 2);
 
@@ -409,7 +549,7 @@ fn owners_coexist_and_del_is_idempotent() {
     );
     assert_eq!(owners(&ns, "net10"), pairs(&[("ctr-1", "eth0")]));
     assert!(owners(&ns, "net").is_empty());
-    assert_eq!(elements(&ns, "pm-tcp").len(), 3);
+    assert_eq!(data_elements(&ns, "pm4-any").len(), 3);
 
     del(&ns, &a);
     del(&ns, &a);
@@ -417,8 +557,8 @@ fn owners_coexist_and_del_is_idempotent() {
     assert_eq!(installed(&ns, &b), Some(vec![tcp(8081, "10.66.0.3", 80)]));
     assert_eq!(installed(&ns, &c), Some(vec![tcp(8082, "10.67.0.2", 80)]));
     assert_eq!(
-        elements(&ns, "pm-tcp"),
-        elems(&[(8081, "pm/net1/ctr-2/eth0"), (8082, "pm/net10/ctr-1/eth0")])
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8081 : 10.66.0.3 . 80", "tcp . 8082 : 10.67.0.2 . 80"])
     );
     assert_eq!(owners(&ns, "net1"), pairs(&[("ctr-2", "eth0")]));
     // Masquerade owners of the same names are another kind.
@@ -452,7 +592,10 @@ fn a_second_owner_takes_a_port_over() {
         &[tcp(8080, "10.66.0.2", 80), tcp(8081, "10.66.0.2", 81)],
     );
     add(&ns, &b, &[tcp(8080, "10.66.0.3", 80)]);
-    assert_eq!(elements(&ns, "pm-tcp"), elems(&[(8080, cb), (8081, ca)]));
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8080 : 10.66.0.3 . 80", "tcp . 8081 : 10.66.0.2 . 81"])
+    );
     assert_eq!(installed(&ns, &b), Some(vec![tcp(8080, "10.66.0.3", 80)]));
     // A's chain still has the rules of 8080, but the port is not A's.
     assert_eq!(rule_count(&ns, ca), 4);
@@ -461,17 +604,29 @@ fn a_second_owner_takes_a_port_over() {
     del(&ns, &a);
     assert_eq!(installed(&ns, &a), None);
     assert_eq!(chain_names(&ns), [cb]);
-    assert_eq!(elements(&ns, "pm-tcp"), elems(&[(8080, cb)]));
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8080 : 10.66.0.3 . 80"])
+    );
+    // B's marking of the port stays.
+    assert_eq!(data_elements(&ns, "pm4-snat"), strs(&["tcp . 8080"]));
     assert_eq!(installed(&ns, &b), Some(vec![tcp(8080, "10.66.0.3", 80)]));
 
     // Both ways: A takes it back, B re-added takes it again, A's DEL again
     // leaves B's element.
     add(&ns, &a, &[tcp(8080, "10.66.0.2", 80)]);
-    assert_eq!(elements(&ns, "pm-tcp"), elems(&[(8080, ca)]));
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8080 : 10.66.0.2 . 80"])
+    );
     assert_eq!(installed(&ns, &b), Some(vec![]));
     add(&ns, &b, &[tcp(8080, "10.66.0.3", 80)]);
     del(&ns, &a);
-    assert_eq!(elements(&ns, "pm-tcp"), elems(&[(8080, cb)]));
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8080 : 10.66.0.3 . 80"])
+    );
+    assert_eq!(data_elements(&ns, "pm4-snat"), strs(&["tcp . 8080"]));
     del(&ns, &b);
     assert_only_the_setup(&ns);
 }
@@ -489,17 +644,27 @@ fn installed_follows_the_kernel() {
     // An element deleted behind its back: that mapping is not in force.
     nft(
         &ns,
-        &["delete", "element", "inet", "cni-rs", "pm-udp", "{ 53 }"],
+        &[
+            "delete",
+            "element",
+            "inet",
+            "cni-rs",
+            "pm4-any",
+            "{ udp . 53 }",
+        ],
     );
     assert_eq!(installed(&ns, &o), Some(vec![ms[0].clone()]));
     // A base chain gone: nothing is; ADD sets it up again.
-    nft(&ns, &["flush", "chain", "inet", "cni-rs", "portmap-out"]);
-    nft(&ns, &["delete", "chain", "inet", "cni-rs", "portmap-out"]);
+    nft(&ns, &["flush", "chain", "inet", "cni-rs", "portmap-output"]);
+    nft(
+        &ns,
+        &["delete", "chain", "inet", "cni-rs", "portmap-output"],
+    );
     assert_eq!(installed(&ns, &o), Some(vec![]));
     add(&ns, &o, &ms);
     assert_eq!(installed(&ns, &o), Some(ms.to_vec()));
     assert_only_the_owner(&ns, name);
-    // The rules flushed: DEL still finds the elements jumping to the chain.
+    // The record flushed: DEL still finds the elements by their comment.
     nft(&ns, &["flush", "chain", "inet", "cni-rs", name]);
     assert_eq!(installed(&ns, &o), Some(vec![]));
     del(&ns, &o);
@@ -515,7 +680,7 @@ fn installed_follows_the_kernel() {
 
 fn assert_only_the_owner(ns: &TestNs, name: &str) {
     assert_eq!(chain_names(ns), [name]);
-    assert_eq!(chain_lines(ns, "portmap-out").len(), 4);
+    assert_eq!(chain_lines(ns, "portmap-output").len(), 12);
 }
 
 #[test]
@@ -579,9 +744,13 @@ fn concurrent_adds_and_dels_of_different_owners() {
         .map(|id| (id.clone(), "eth0".to_owned()))
         .collect();
     assert_eq!(owners(&ns, "net1"), kept);
-    assert_eq!(elements(&ns, "pm-tcp").len(), kept.len());
-    for base in ["portmap-pre", "portmap-out"] {
-        assert_eq!(chain_lines(&ns, base).len(), 4, "setup made more than once");
+    assert_eq!(data_elements(&ns, "pm4-any").len(), kept.len());
+    for base in ["portmap-prerouting", "portmap-output"] {
+        assert_eq!(
+            chain_lines(&ns, base).len(),
+            12,
+            "setup made more than once"
+        );
     }
     assert_eq!(chain_lines(&ns, "portmap-masq").len(), 2);
 }
@@ -841,4 +1010,61 @@ fn a_port_taken_over_carries_traffic_to_the_new_owner() {
     assert_eq!(connect(x, &l81, "198.51.100.1:8080"), from("198.51.100.2"));
     del(h, &b);
     assert_eq!(connect(x, &l81, "198.51.100.1:8080"), Outcome::Refused);
+}
+
+/// A node upgraded from the layout where every mapping was a rule of its
+/// owner's chain reached through the verdict maps: DEL still removes the
+/// chain and its elements, and ADD replaces them with the data maps.
+#[test]
+fn owners_of_the_previous_layout_are_deleted_and_replaced() {
+    let ns = TestNs::new("pmk");
+    let dir = TempDir::new("pmold");
+    let file = dir.path().join("old.nft");
+    let comment = "comment \"cni-rs portmap: net1 ctr-1 eth0\"";
+    let old = |cid: &str| {
+        format!(
+            "add chain inet cni-rs pm/net1/{cid}/eth0\n\
+             add rule inet cni-rs pm/net1/{cid}/eth0 meta nfproto ipv4 tcp dport 8080 ip saddr 127.0.0.0/8 meta mark set meta mark | 0x2000 {comment}\n\
+             add rule inet cni-rs pm/net1/{cid}/eth0 meta nfproto ipv4 tcp dport 8080 dnat ip to 10.66.0.2:80 {comment}\n"
+        )
+    };
+    let script = format!(
+        "add table inet cni-rs\n\
+         add map inet cni-rs pm-tcp {{ type inet_service : verdict; }}\n\
+         add chain inet cni-rs portmap-pre {{ type nat hook prerouting priority -100; }}\n\
+         add rule inet cni-rs portmap-pre fib daddr type local tcp dport vmap @pm-tcp\n\
+         {}{}\
+         add element inet cni-rs pm-tcp {{ 8080 : jump pm/net1/ctr-1/eth0 }}\n",
+        old("ctr-1"),
+        old("ctr-2").replace("8080", "8081"),
+    );
+    let script =
+        format!("{script}add element inet cni-rs pm-tcp {{ 8081 : jump pm/net1/ctr-2/eth0 }}\n");
+    std::fs::write(&file, script).unwrap();
+    nft(&ns, &["-f", &file.display().to_string()]);
+    let (a, b) = (
+        owner("net1", "ctr-1", "eth0"),
+        owner("net1", "ctr-2", "eth0"),
+    );
+    assert_eq!(
+        elements(&ns, "pm-tcp"),
+        elems(&[(8080, "pm/net1/ctr-1/eth0"), (8081, "pm/net1/ctr-2/eth0")])
+    );
+
+    del(&ns, &a);
+    assert_eq!(chain_names(&ns), ["pm/net1/ctr-2/eth0"]);
+    assert_eq!(
+        elements(&ns, "pm-tcp"),
+        elems(&[(8081, "pm/net1/ctr-2/eth0")])
+    );
+
+    add(&ns, &b, &[tcp(8081, "10.66.0.3", 80)]);
+    assert!(elements(&ns, "pm-tcp").is_empty());
+    assert_eq!(
+        data_elements(&ns, "pm4-any"),
+        strs(&["tcp . 8081 : 10.66.0.3 . 80"])
+    );
+    assert_eq!(installed(&ns, &b), Some(vec![tcp(8081, "10.66.0.3", 80)]));
+    del(&ns, &b);
+    assert_only_the_setup(&ns);
 }

@@ -73,6 +73,7 @@ const KIND: ChainKind = ChainKind {
         rules: dispatch,
     }],
     maps: &[MASQ4, MASQ6],
+    setup: |_| {},
     rule_key: |rule| rule_source(rule).map(|ip| key(&ip)),
 };
 

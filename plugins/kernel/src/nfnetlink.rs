@@ -26,6 +26,7 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
 pub const NFTA_DATA_VALUE: u16 = 1;
 pub const NFTA_DATA_VERDICT: u16 = 2;
 pub const NFTA_VERDICT_CODE: u16 = 1;
@@ -200,6 +201,10 @@ impl Verdict<'_> {
 pub struct SetElem<'a> {
     pub key: &'a [u8],
     pub verdict: Option<Verdict<'a>>,
+    /// In a data map, its data.
+    pub data: Option<&'a [u8]>,
+    /// Its userdata (nft's element comment).
+    pub udata: Option<&'a [u8]>,
 }
 
 /// The elements of a NEWSETELEM message (the reply to a GETSETELEM, or one
@@ -221,7 +226,16 @@ pub fn set_elements(attrs: Attrs<'_>) -> impl Iterator<Item = SetElem<'_>> {
                         chain: v.get_str(NFTA_VERDICT_CHAIN),
                     })
                 });
-            Some(SetElem { key, verdict })
+            let data = elem
+                .get(NFTA_SET_ELEM_DATA)
+                .and_then(|d| Attrs(d).get(NFTA_DATA_VALUE));
+            let udata = elem.get(NFTA_SET_ELEM_USERDATA);
+            Some(SetElem {
+                key,
+                verdict,
+                data,
+                udata,
+            })
         })
 }
 
@@ -727,7 +741,9 @@ mod tests {
             elems,
             [SetElem {
                 key: b"veth0\0\0\0",
-                verdict: None
+                verdict: None,
+                data: None,
+                udata: None,
             }]
         );
         // The element list is nested (NLA_F_NESTED), as libmnl writes it.

@@ -167,6 +167,9 @@ pub(crate) struct ChainKind {
     /// owner's rules to be in force.
     pub bases: &'static [BaseChain],
     pub maps: &'static [MapSpec],
+    /// Anything else the setup batch creates before the base chains (sets
+    /// and data maps their rules read).
+    pub setup: fn(&mut Batch),
     /// The map key a rule of an owner chain matches.
     pub rule_key: fn(Attrs) -> Option<MapKey>,
 }
@@ -266,6 +269,7 @@ impl ChainKind {
             let map = VerdictMap::new(c"cni-rs", self.family, &name, map.key, map.id);
             batch.add(&map, MsgType::Add);
         }
+        (self.setup)(&mut batch);
         for base in &missing {
             let mut chain = Chain::new(cstring(base.name), &table);
             chain.set_hook(base.hook, base.priority);
@@ -282,6 +286,12 @@ impl ChainKind {
             }
             other => other,
         }
+    }
+
+    /// Whether every base chain exists as a base chain (a socket of its own).
+    pub fn bases_exist(&self, op: &'static str) -> Result<bool> {
+        let mut socket = NfSocket::open(op)?;
+        self.has_bases(&mut socket, op)
     }
 
     /// Whether every base chain exists as a base chain.
@@ -439,6 +449,20 @@ impl ChainKind {
         keys: &[MapKey],
         rules: impl Fn(&mut Batch, &Chain, &str),
     ) -> Result<()> {
+        self.replace_with(owner, op, keys, rules, |_, _, _| Ok(()))
+    }
+
+    /// [`Self::replace`], with `extra` adding more to the same batch on
+    /// each attempt, given the rules the owner's chain holds now (none for
+    /// a new chain or one of the old layout).
+    pub fn replace_with(
+        &self,
+        owner: &NftOwner,
+        op: &'static str,
+        keys: &[MapKey],
+        rules: impl Fn(&mut Batch, &Chain, &str),
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply]) -> Result<()>,
+    ) -> Result<()> {
         let name = self.chain_name(owner)?;
         let comment = self.comment(owner);
         let cname = cstring(&name);
@@ -479,6 +503,11 @@ impl ChainKind {
             // A rule deletion without a handle flushes the chain.
             batch.add(&Rule::new(&chain), MsgType::Del);
             rules(&mut batch, &chain, &comment);
+            let now: &[Reply] = match &current {
+                Some(c) if !c.legacy => &c.rules,
+                _ => &[],
+            };
+            extra(&mut socket, &mut batch, now)?;
             for key in &stale {
                 if matches!(known.get(key), None | Some(Holder::Owner)) {
                     self.delete_own_element(&mut batch, key, &cname);
@@ -526,6 +555,18 @@ impl ChainKind {
     /// flushed behind our back, so the keys of some elements are lost),
     /// every element jumping to it is found in the maps and deleted too.
     pub fn delete(&self, owner: &NftOwner, op: &'static str) -> Result<()> {
+        self.delete_with(owner, op, |_, _, _| Ok(()))
+    }
+
+    /// [`Self::delete`], with `extra` adding more to the same batch on each
+    /// attempt, given the rules the owner's chain holds (none for a chain
+    /// of the old layout).
+    pub fn delete_with(
+        &self,
+        owner: &NftOwner,
+        op: &'static str,
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply]) -> Result<()>,
+    ) -> Result<()> {
         // An owner `replace` refuses never had a chain; its name could even
         // be another owner's, so touch nothing.
         let Ok(name) = self.chain_name(owner) else {
@@ -558,6 +599,9 @@ impl ChainKind {
                 if matches!(known.get(key), None | Some(Holder::Owner)) {
                     self.delete_own_element(&mut batch, key, &cname);
                 }
+            }
+            if !current.legacy {
+                extra(&mut socket, &mut batch, &current.rules)?;
             }
             batch.add(&Rule::new(&chain), MsgType::Del);
             batch.add(&chain, MsgType::Del);
@@ -613,6 +657,16 @@ impl ChainKind {
         ))
     }
 
+    /// Every rule of the owner's chain (NEWRULE replies, in chain order),
+    /// in force or not, or `None` when the chain does not exist.
+    pub fn all_rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<Reply>>> {
+        let Ok(name) = self.chain_name(owner) else {
+            return Ok(None);
+        };
+        let mut socket = NfSocket::open(op)?;
+        Ok(self.owner_chain(&mut socket, &name, op)?.map(|c| c.rules))
+    }
+
     /// Every `(container id, ifname)` with a chain of this kind for `network`.
     pub fn owners(&self, network: &str, op: &'static str) -> Result<Vec<(String, String)>> {
         let mut socket = NfSocket::open(op)?;
@@ -654,7 +708,7 @@ pub(crate) fn set_comment(rule: &mut Rule, comment: &str) {
     let _ = rule.set_comment(cstring(comment));
 }
 
-fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
+pub(crate) fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
     KernelError::Nftables {
         op,
         object: object.to_owned(),
@@ -666,12 +720,17 @@ fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw)
 }
 
-fn is_enoent(e: &io::Error) -> bool {
+pub(crate) fn is_enoent(e: &io::Error) -> bool {
     errno(e) == Some(Errno::ENOENT)
 }
 
 /// Send a batch; the kernel's refusal is an error about `object`.
-fn commit(socket: &mut NfSocket, op: &'static str, object: &str, batch: Batch) -> Result<()> {
+pub(crate) fn commit(
+    socket: &mut NfSocket,
+    op: &'static str,
+    object: &str,
+    batch: Batch,
+) -> Result<()> {
     let batch = batch.finalize();
     let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
     socket
@@ -853,6 +912,7 @@ mod tests {
             rules: |_, _| {},
         }],
         maps: &[],
+        setup: |_| {},
         rule_key: |_| None,
     };
 

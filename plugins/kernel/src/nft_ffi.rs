@@ -2,8 +2,10 @@
 //! (libnftnl) directly: a named verdict map (a set with NFT_SET_MAP and
 //! verdict data), one element of such a map (key and `jump <chain>`), a
 //! `lookup` expression that writes the verdict register (a `vmap`), a `fib
-//! daddr type` expression, and a wrapper that adds NLM_F_EXCL to another
-//! message. All of this crate's
+//! daddr type` expression, a set or data map and its elements (with data,
+//! interval ends and comments), any expression given as raw attributes
+//! (for the registers nftnl does not let us choose), and a wrapper that
+//! adds NLM_F_EXCL to another message. All of this crate's
 //! `unsafe` for nf_tables is here (but for a test helper in `nft.rs`),
 //! behind safe constructors.
 //!
@@ -272,6 +274,163 @@ impl Expression for FibDaddrType {
     }
 }
 
+/// A named set or data map of our table: NEWSET with NLM_F_CREATE and
+/// without NLM_F_EXCL (adding an identical one that exists is a no-op).
+/// `data` makes it a map with that data type; `interval` a set of ranges
+/// (NFT_SET_INTERVAL). `id` lets a rule in the same batch refer to it.
+pub(crate) struct DataSet(RawSet);
+
+impl DataSet {
+    pub fn new(
+        table: &CStr,
+        family: ProtoFamily,
+        name: &CStr,
+        key: KeyType,
+        data: Option<KeyType>,
+        interval: bool,
+        id: u32,
+    ) -> Self {
+        let mut set = RawSet::new(table, family, name);
+        let mut flags = 0;
+        if data.is_some() {
+            flags |= libc::NFT_SET_MAP as u32;
+        }
+        if interval {
+            flags |= libc::NFT_SET_INTERVAL as u32;
+        }
+        set.set_u32(sys::NFTNL_SET_FLAGS, flags);
+        set.set_u32(sys::NFTNL_SET_KEY_TYPE, key.datatype);
+        set.set_u32(sys::NFTNL_SET_KEY_LEN, key.len);
+        if let Some(data) = data {
+            set.set_u32(sys::NFTNL_SET_DATA_TYPE, data.datatype);
+            set.set_u32(sys::NFTNL_SET_DATA_LEN, data.len);
+        }
+        set.set_u32(sys::NFTNL_SET_ID, id);
+        let udata = set_userdata(key);
+        // SAFETY: libnftnl copies the bytes.
+        unsafe {
+            sys::nftnl_set_set_data(
+                set.set.as_ptr(),
+                sys::NFTNL_SET_USERDATA as u16,
+                udata.as_ptr().cast(),
+                udata.len() as u32,
+            )
+        };
+        DataSet(set)
+    }
+}
+
+// SAFETY: one NEWSET message with a handful of attributes.
+unsafe impl NlMsg for DataSet {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE),
+            MsgType::Del => (libc::NFT_MSG_DELSET, 0),
+        };
+        unsafe {
+            let nlh = header(buf, ty, self.0.family, flags, seq);
+            sys::nftnl_set_nlmsg_build_payload(nlh, self.0.set.as_ptr());
+        }
+    }
+}
+
+/// One element of a set or data map: its key, its data (maps), and whether
+/// it ends an interval (NFT_SET_ELEM_INTERVAL_END). Added without
+/// NLM_F_EXCL: a no-op when the same element exists, refused when the key
+/// maps to other data.
+pub(crate) struct DataElement(RawSet);
+
+impl DataElement {
+    pub fn new(
+        table: &CStr,
+        family: ProtoFamily,
+        set_name: &CStr,
+        key: &[u8],
+        data: Option<&[u8]>,
+        interval_end: bool,
+        udata: Option<&[u8]>,
+    ) -> Self {
+        let set = RawSet::new(table, family, set_name);
+        // SAFETY: a fresh element filled with copies of `key` and `data`,
+        // then handed to the set, which owns (and frees) it from then on.
+        unsafe {
+            let elem = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+            sys::nftnl_set_elem_set(
+                elem,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            if let Some(data) = data {
+                sys::nftnl_set_elem_set(
+                    elem,
+                    sys::NFTNL_SET_ELEM_DATA as u16,
+                    data.as_ptr().cast(),
+                    data.len() as u32,
+                );
+            }
+            if let Some(udata) = udata {
+                sys::nftnl_set_elem_set(
+                    elem,
+                    sys::NFTNL_SET_ELEM_USERDATA as u16,
+                    udata.as_ptr().cast(),
+                    udata.len() as u32,
+                );
+            }
+            if interval_end {
+                sys::nftnl_set_elem_set_u32(
+                    elem,
+                    sys::NFTNL_SET_ELEM_FLAGS as u16,
+                    libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                );
+            }
+            sys::nftnl_set_elem_add(set.set.as_ptr(), elem);
+        }
+        DataElement(set)
+    }
+}
+
+// SAFETY: one NEWSETELEM/DELSETELEM message holding one element.
+unsafe impl NlMsg for DataElement {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE),
+            MsgType::Del => (libc::NFT_MSG_DELSETELEM, 0),
+        };
+        unsafe {
+            let nlh = header(buf, ty, self.0.family, flags, seq);
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.0.set.as_ptr());
+        }
+    }
+}
+
+/// An expression nftnl 0.9 cannot build with the registers we need: its
+/// name and u32 attributes (libnftnl's NFTNL_EXPR_* numbering), and at most
+/// one string attribute (a set name).
+pub(crate) struct RawExpr<'a> {
+    pub name: &'static CStr,
+    pub u32s: &'a [(u32, u32)],
+    pub string: Option<(u32, &'a CStr)>,
+}
+
+impl Expression for RawExpr<'_> {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: a fresh expression; strings are copied. The rule takes
+        // ownership of what we return (nftnl's Rule::add_expr).
+        unsafe {
+            let expr = alloc(sys::nftnl_expr_alloc(self.name.as_ptr()));
+            let e = expr.as_ptr();
+            for &(attr, value) in self.u32s {
+                sys::nftnl_expr_set_u32(e, attr as u16, value);
+            }
+            if let Some((attr, s)) = self.string {
+                sys::nftnl_expr_set_str(e, attr as u16, s.as_ptr());
+            }
+            expr
+        }
+    }
+}
+
 /// Another message with NLM_F_EXCL added: creating what exists fails with
 /// EEXIST (nftnl always creates chains without it).
 pub(crate) struct Exclusive<'a, T>(pub &'a T);
@@ -417,6 +576,80 @@ mod tests {
         assert_eq!(data.get_be32(1), Some(libc::NFT_REG_1 as u32));
         assert_eq!(data.get_be32(2), Some(3), "NFT_FIB_RESULT_ADDRTYPE");
         assert_eq!(data.get_be32(3), Some(2), "NFTA_FIB_F_DADDR only");
+    }
+
+    #[test]
+    fn data_maps_sets_and_their_elements() {
+        let data = KeyType {
+            datatype: (7 << 6) | 13,
+            len: 8,
+            byteorder: 2,
+        };
+        let map = DataSet::new(
+            c"cni-rs",
+            ProtoFamily::Inet,
+            c"pm4-any",
+            INET_SERVICE,
+            Some(data),
+            false,
+            11,
+        );
+        let (ty, flags, _, attrs) = message(&map, MsgType::Add);
+        assert_eq!((ty, flags), (libc::NFT_MSG_NEWSET as u16, CREATE_ACK));
+        let a = Attrs(&attrs);
+        // NFTA_SET_FLAGS, _DATA_TYPE, _DATA_LEN, _ID
+        assert_eq!(a.get_be32(3), Some(libc::NFT_SET_MAP as u32));
+        assert_eq!(a.get_be32(6), Some((7 << 6) | 13));
+        assert_eq!(a.get_be32(7), Some(8));
+        assert_eq!(a.get_be32(10), Some(11));
+        let set = DataSet::new(c"cni-rs", ProtoFamily::Inet, c"s", IPV4_ADDR, None, true, 1);
+        let (_, _, _, attrs) = message(&set, MsgType::Add);
+        assert_eq!(
+            Attrs(&attrs).get_be32(3),
+            Some(libc::NFT_SET_INTERVAL as u32)
+        );
+        assert_eq!(Attrs(&attrs).get(7), None, "a set has no data");
+
+        let elem = DataElement::new(
+            c"cni-rs",
+            ProtoFamily::Inet,
+            c"pm4-any",
+            &[0, 80],
+            Some(&[10, 0, 0, 2, 0, 80, 0, 0]),
+            false,
+            Some(b"\0\x02x\0"),
+        );
+        let (ty, flags, _, attrs) = message(&elem, MsgType::Add);
+        assert_eq!((ty, flags), (NFT_MSG_NEWSETELEM, CREATE_ACK));
+        let e: Vec<_> = set_elements(Attrs(&attrs)).collect();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, [0, 80]);
+        assert_eq!(e[0].data, Some(&[10, 0, 0, 2, 0, 80, 0, 0][..]));
+        assert_eq!(e[0].udata, Some(&b"\0\x02x\0"[..]));
+        assert_eq!(e[0].verdict, None);
+    }
+
+    #[test]
+    fn raw_expressions_carry_their_attributes() {
+        let table = Table::new(c"cni-rs", ProtoFamily::Inet);
+        let chain = Chain::new(c"c", &table);
+        let mut rule = Rule::new(&chain);
+        rule.add_expr(&RawExpr {
+            name: c"lookup",
+            u32s: &[
+                (sys::NFTNL_EXPR_LOOKUP_SREG, 8),
+                (sys::NFTNL_EXPR_LOOKUP_DREG, 8),
+            ],
+            string: Some((sys::NFTNL_EXPR_LOOKUP_SET, c"pm4-any")),
+        });
+        let (_, _, _, attrs) = message(&rule, MsgType::Add);
+        let list = Attrs(Attrs(&attrs).get(4).unwrap());
+        let expr = Attrs(list.clone().next().unwrap().1);
+        assert_eq!(expr.get_str(1), Some("lookup"));
+        let data = Attrs(expr.get(2).unwrap());
+        assert_eq!(data.get_str(1), Some("pm4-any"));
+        assert_eq!(data.get_be32(2), Some(8));
+        assert_eq!(data.get_be32(3), Some(8));
     }
 
     #[test]

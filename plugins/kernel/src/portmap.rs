@@ -2,47 +2,83 @@
 //! host are sent on to a container's address and port (DNAT), in our own
 //! nftables table `inet cni-rs`.
 //!
+//! An ADD or DEL of the usual kind only adds or removes elements of data
+//! maps and sets read by static rules: no jump, no verdict-map element and
+//! no reachable `dnat` rule is written, so the kernel has no jump graph to
+//! validate on commit and the cost stays flat however many containers are
+//! mapped (a verdict-map element or a reachable `dnat` rule in a regular
+//! chain made every commit re-validate the table, O(owners)).
+//!
 //! Once per namespace (one batch, like every kind in `nft.rs`):
-//! - three verdict maps keyed by host port, one per protocol, `pm-tcp`,
-//!   `pm-udp`, `pm-sctp` (`type inet_service : verdict`);
-//! - two nat base chains, `portmap-pre` (hook prerouting, priority -100,
-//!   dstnat: traffic from elsewhere) and `portmap-out` (hook output,
-//!   priority -100: traffic of the host itself), each with one rule per
-//!   protocol, `fib daddr type local tcp dport vmap @pm-tcp`. Only traffic
+//! - per family (`pm4-*` for IPv4, `pm6-*` for IPv6) two data maps,
+//!   `pm4-any` (`type inet_proto . inet_service : ipv4_addr .
+//!   inet_service`: protocol and host port to container address and port)
+//!   and `pm4-addr` (keyed by `ipv4_addr . inet_proto . inet_service`, for
+//!   mappings restricted to one host address), and three sets: `pm4-src`
+//!   (an interval set of the sources whose connections are masqueraded:
+//!   hairpin subnets, 127.0.0.0/8), `pm4-snat` and `pm4-masqall`
+//!   (`inet_proto . inet_service`: the ports of mappings with `snat`, with
+//!   `masqAll`);
+//! - three verdict maps keyed by host port, `pm-tcp`, `pm-udp`, `pm-sctp`
+//!   (`type inet_service : verdict`), only for mappings with conditions
+//!   (below);
+//! - two nat base chains, `portmap-prerouting` (hook prerouting, priority
+//!   -100, dstnat: traffic from elsewhere) and `portmap-output` (hook
+//!   output, priority -100: traffic of the host itself), with the same
+//!   rules, all starting with `fib daddr type local` (only traffic
 //!   addressed to a local address of the host is looked up: a connection
 //!   forwarded through the host to another machine's port is never
-//!   hijacked, whatever the port;
+//!   hijacked, whatever the port): the three `vmap` lookups, then per
+//!   family `ip saddr @pm4-src meta l4proto . th dport @pm4-snat meta mark
+//!   set mark | 0x2000`, `meta l4proto . th dport @pm4-masqall meta mark
+//!   set ...`, `dnat ip to ip daddr . meta l4proto . th dport map
+//!   @pm4-addr` and `dnat ip to meta l4proto . th dport map @pm4-any`;
 //! - the nat base chain `portmap-masq` (hook postrouting, priority 100,
-//!   srcnat) with `meta mark & 0x2000 == 0x2000 masquerade`: the owner
-//!   chains mark ([`MASQ_MARK`], the reference's `markMasqBit` 13) the
-//!   connections whose source must be rewritten.
+//!   srcnat) with `meta mark & 0x2000 == 0x2000 masquerade` ([`MASQ_MARK`],
+//!   the reference's `markMasqBit` 13).
 //!
 //! Per attachment (owner = network name + container id + ifname), a regular
-//! chain `pm/<network>/<container id>/<ifname>` and one element per (protocol,
-//! host port) in the protocol's map, `<host port> : jump pm/...`. The chain
-//! holds, per mapping, in the family of the container address (conditions
-//! of that family first, then the protocol, the port, and the host address
-//! when the mapping has one), each rule with a comment naming the owner:
-//! - with `snat`, marking rules for hairpin traffic (`ip saddr <container
-//!   subnet>`: a container reaching a mapping, possibly its own, through
-//!   the host) and, for IPv4, traffic from the host's own 127.0.0.0/8
-//!   (which needs `route_localnet` on the interface towards the container,
-//!   the plugin's business); with `masq_all` one rule marking every source
-//!   instead;
-//! - `dnat ip to <container ip>:<container port>` (`dnat ip6 to [..]:..`).
+//! chain `pm/<network>/<container id>/<ifname>` holding, per mapping, in the
+//! family of the container address (conditions of that family first, then
+//! the protocol, the port, and the host address when the mapping has one),
+//! the marking rules (with `snat`: `ip saddr <hairpin subnet>` and for IPv4
+//! `ip saddr 127.0.0.0/8`, which needs `route_localnet`, the plugin's
+//! business; with `masq_all` one rule for every source) and the `dnat`.
 //!
-//! The protocol and port matches repeat the map's key: they are how DEL and
-//! CHECK recover the owner's keys from its own chain, so DEL needs neither
-//! the runtime's `portMappings` nor the container's namespace.
+//! - A mapping whose family has no conditions (the usual case) is an
+//!   element of `pm4-any`/`pm4-addr` (commented with the owner's name), its
+//!   port in `pm4-snat` or `pm4-masqall`, its hairpin subnets in `pm4-src`.
+//!   Its rules in the owner's chain are only its *record* (comment `cni-rs
+//!   portmap record: ...`): the chain is never jumped to, so it costs the
+//!   commit nothing, and DEL, CHECK and GC read the owner's mappings back
+//!   from it with one small dump instead of listing the maps. An element is
+//!   deleted only while it still maps to the owner's container (as
+//!   masquerade does for reused addresses); if the record was flushed by
+//!   hand, DEL finds the owner's elements by their comment (dumping the
+//!   four data maps).
+//! - A mapping whose family has conditions (conditionsV4/V6, rare) keeps
+//!   the previous layout: one element per (protocol, host port) in the
+//!   protocol's verdict map, `<host port> : jump pm/...`, and its rules in
+//!   the owner's chain are in force. Such configs keep the previous cost
+//!   (the kernel validates the jumps on each commit). Owner chains of the
+//!   previous layout (every mapping jumped to) are read, deleted and
+//!   replaced the same way.
 //!
-//! One owner per (protocol, host port): the port is the map's key. A later
-//! ADD of the same port by another owner takes the element over (as
-//! masquerade does with a reused address): the newest mapping wins, the
-//! older owner's rules stay in its chain but are no longer reached (and no
-//! longer reported by [`installed`]), and the older owner's DEL leaves the
-//! element of the newer one alone. Two owners mapping the same port on two
-//! different host addresses therefore cannot coexist: the second takes the
-//! port over on every address.
+//! Marking is decided per port, not per (source, port): a source in
+//! `pm4-src` connecting to any port in `pm4-snat` is masqueraded, so a
+//! hairpin subnet of one network also masquerades its connections to
+//! another network's mapped port (harmless: the connection still works, the
+//! container sees the host's address). Subnets are never removed from
+//! `pm4-src` (no reference counts; an address covered already is not added
+//! again). Two owners mapping the same port on different host addresses
+//! share its `pm4-snat` element: the first DEL drops the marking of both.
+//!
+//! One owner per (protocol, host port, host address): a later ADD of the
+//! same key by another owner takes the element over (the newest mapping
+//! wins; the older owner's record stays but is no longer reported by
+//! [`installed`], and its DEL leaves the newer owner's element and marking
+//! alone). A port mapped with conditions (verdict map) is looked up before
+//! the data maps and wins over the same port mapped without.
 //!
 //! Everything acts in the network namespace of the calling thread (the
 //! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
@@ -60,9 +96,17 @@ use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
 use nix::libc;
 
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::Attrs;
-use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ};
-use crate::nft_ffi::{FibDaddrType, INET_SERVICE, RTN_LOCAL, VerdictLookup};
+use crate::nfnetlink::{
+    Attrs, NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NfSocket, Reply, set_elem_request, set_elements,
+};
+use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, TABLE};
+use crate::nft_ffi::{
+    DataElement, DataSet, FibDaddrType, INET_SERVICE, KeyType, RTN_LOCAL, RawExpr, VerdictLookup,
+};
+use nftnl_sys as sys;
+
+/// NFTA_RULE_USERDATA (the comment).
+const NFTA_RULE_USERDATA: u16 = 7;
 
 pub use crate::nft::NftOwner;
 
@@ -182,7 +226,8 @@ const PM_SCTP: MapSpec = MapSpec {
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
 
-/// The base chains `portmap-pre`, `portmap-out` and `portmap-masq` in
+/// The base chains `portmap-prerouting`, `portmap-output` and
+/// `portmap-masq` in
 /// `inet cni-rs`, dispatching to the regular chains
 /// `pm/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
@@ -191,14 +236,14 @@ const KIND: ChainKind = ChainKind {
     what: "portmap",
     bases: &[
         BaseChain {
-            name: "portmap-pre",
+            name: "portmap-prerouting",
             chain_type: ChainType::Nat,
             hook: Hook::PreRouting,
             priority: DSTNAT,
             rules: dispatch,
         },
         BaseChain {
-            name: "portmap-out",
+            name: "portmap-output",
             chain_type: ChainType::Nat,
             hook: Hook::Out,
             priority: DSTNAT,
@@ -213,7 +258,11 @@ const KIND: ChainKind = ChainKind {
         },
     ],
     maps: &[PM_TCP, PM_UDP, PM_SCTP],
+    setup: data_sets,
     rule_key: |rule| {
+        if is_record(rule.clone()) {
+            return None;
+        }
         let p = parse(rule);
         Some(key(p.proto?, p.port?))
     },
@@ -236,7 +285,8 @@ fn dport() -> Payload {
     Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport))
 }
 
-/// The rules of `portmap-pre` and `portmap-out`, one per protocol:
+/// The rules of `portmap-prerouting` and `portmap-output`: one per
+/// protocol for the mappings with conditions,
 /// `fib daddr type local meta l4proto <proto> th dport vmap @pm-<proto>`.
 fn dispatch(batch: &mut Batch, chain: &Chain) {
     for proto in Proto::ALL {
@@ -254,6 +304,9 @@ fn dispatch(batch: &mut Batch, chain: &Chain) {
         });
         batch.add(&rule, MsgType::Add);
     }
+    for fam in [&V4, &V6] {
+        static_rules(batch, chain, fam);
+    }
 }
 
 /// The rule of `portmap-masq`: `meta mark & 0x2000 == 0x2000 masquerade`.
@@ -264,6 +317,479 @@ fn masquerade_marked(batch: &mut Batch, chain: &Chain) {
     rule.add_expr(&Cmp::new(CmpOp::Eq, MASQ_MARK));
     rule.add_expr(&Masquerade);
     batch.add(&rule, MsgType::Add);
+}
+
+/// The data maps and sets of one family, read by the static rules of the
+/// base chains; an owner without conditions for the family only adds and
+/// removes elements of these.
+struct Family {
+    v4: bool,
+    nfproto: i32,
+    /// `meta l4proto . th dport : <container addr> . <container port>`.
+    any: DataSpec,
+    /// `<ip daddr> . meta l4proto . th dport : <container addr> . <port>`.
+    addr: DataSpec,
+    /// Sources to masquerade (hairpin subnets, 127.0.0.0/8): intervals.
+    src: DataSpec,
+    /// `meta l4proto . th dport` of the mappings with `snat`.
+    snat: DataSpec,
+    /// `meta l4proto . th dport` of the mappings with `masq_all`.
+    masq_all: DataSpec,
+}
+
+struct DataSpec {
+    name: &'static str,
+    id: u32,
+    key: KeyType,
+    data: Option<KeyType>,
+    interval: bool,
+}
+
+const fn concat(types: &[u32]) -> u32 {
+    let mut t = 0;
+    let mut i = 0;
+    while i < types.len() {
+        t = (t << 6) | types[i];
+        i += 1;
+    }
+    t
+}
+
+// nftables' datatypes: ipv4_addr 7, ipv6_addr 8, inet_proto 12,
+// inet_service 13; a concatenation is `(t1 << 6) | t2`, each part padded
+// to 4 bytes.
+const T_V4: u32 = 7;
+const T_V6: u32 = 8;
+const T_PROTO: u32 = 12;
+const T_SERVICE: u32 = 13;
+const fn kt(datatype: u32, len: u32) -> KeyType {
+    KeyType {
+        datatype,
+        len,
+        byteorder: 2,
+    }
+}
+const PROTO_PORT: KeyType = kt(concat(&[T_PROTO, T_SERVICE]), 8);
+
+const V4: Family = Family {
+    v4: true,
+    nfproto: libc::NFPROTO_IPV4,
+    any: DataSpec {
+        name: "pm4-any",
+        id: 11,
+        key: PROTO_PORT,
+        data: Some(kt(concat(&[T_V4, T_SERVICE]), 8)),
+        interval: false,
+    },
+    addr: DataSpec {
+        name: "pm4-addr",
+        id: 12,
+        key: kt(concat(&[T_V4, T_PROTO, T_SERVICE]), 12),
+        data: Some(kt(concat(&[T_V4, T_SERVICE]), 8)),
+        interval: false,
+    },
+    src: DataSpec {
+        name: "pm4-src",
+        id: 13,
+        key: kt(T_V4, 4),
+        data: None,
+        interval: true,
+    },
+    snat: DataSpec {
+        name: "pm4-snat",
+        id: 14,
+        key: PROTO_PORT,
+        data: None,
+        interval: false,
+    },
+    masq_all: DataSpec {
+        name: "pm4-masqall",
+        id: 15,
+        key: PROTO_PORT,
+        data: None,
+        interval: false,
+    },
+};
+
+const V6: Family = Family {
+    v4: false,
+    nfproto: libc::NFPROTO_IPV6,
+    any: DataSpec {
+        name: "pm6-any",
+        id: 21,
+        key: PROTO_PORT,
+        data: Some(kt(concat(&[T_V6, T_SERVICE]), 20)),
+        interval: false,
+    },
+    addr: DataSpec {
+        name: "pm6-addr",
+        id: 22,
+        key: kt(concat(&[T_V6, T_PROTO, T_SERVICE]), 24),
+        data: Some(kt(concat(&[T_V6, T_SERVICE]), 20)),
+        interval: false,
+    },
+    src: DataSpec {
+        name: "pm6-src",
+        id: 23,
+        key: kt(T_V6, 16),
+        data: None,
+        interval: true,
+    },
+    snat: DataSpec {
+        name: "pm6-snat",
+        id: 24,
+        key: PROTO_PORT,
+        data: None,
+        interval: false,
+    },
+    masq_all: DataSpec {
+        name: "pm6-masqall",
+        id: 25,
+        key: PROTO_PORT,
+        data: None,
+        interval: false,
+    },
+};
+
+impl Family {
+    fn of(ip: IpAddr) -> &'static Family {
+        if ip.is_ipv4() { &V4 } else { &V6 }
+    }
+
+    fn specs(&self) -> [&DataSpec; 5] {
+        [&self.any, &self.addr, &self.src, &self.snat, &self.masq_all]
+    }
+
+    /// The 32-bit register after the address (the port's in the data).
+    fn port_reg(&self) -> u32 {
+        if self.v4 { REG32_00 + 1 } else { REG32_00 + 4 }
+    }
+}
+
+/// Create the data maps and sets (in the setup batch).
+fn data_sets(batch: &mut Batch) {
+    for fam in [&V4, &V6] {
+        for spec in fam.specs() {
+            let name = nft::cstring(spec.name);
+            let set = DataSet::new(
+                c"cni-rs",
+                ProtoFamily::Inet,
+                &name,
+                spec.key,
+                spec.data,
+                spec.interval,
+                spec.id,
+            );
+            batch.add(&set, MsgType::Add);
+        }
+    }
+}
+
+// include/uapi/linux/netfilter/nf_tables.h: enum nft_registers.
+const REG1: u32 = 1;
+const REG32_00: u32 = 8;
+
+fn load_payload(rule: &mut Rule, base: u32, (offset, len): (u32, u32), dreg: u32) {
+    rule.add_expr(&RawExpr {
+        name: c"payload",
+        u32s: &[
+            (sys::NFTNL_EXPR_PAYLOAD_DREG, dreg),
+            (sys::NFTNL_EXPR_PAYLOAD_BASE, base),
+            (sys::NFTNL_EXPR_PAYLOAD_OFFSET, offset),
+            (sys::NFTNL_EXPR_PAYLOAD_LEN, len),
+        ],
+        string: None,
+    });
+}
+
+/// `meta l4proto . th dport` into two 32-bit registers from `dreg` on.
+fn load_proto_port(rule: &mut Rule, dreg: u32) {
+    rule.add_expr(&RawExpr {
+        name: c"meta",
+        u32s: &[
+            (sys::NFTNL_EXPR_META_KEY, NFT_META_L4PROTO),
+            (sys::NFTNL_EXPR_META_DREG, dreg),
+        ],
+        string: None,
+    });
+    load_payload(rule, NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, dreg + 1);
+}
+
+/// Look register `sreg` on up in `spec` (a set: break when missing; a map:
+/// load the data into `dreg` on).
+fn lookup(rule: &mut Rule, spec: &DataSpec, sreg: u32, dreg: Option<u32>) {
+    let name = nft::cstring(spec.name);
+    let mut u32s = vec![
+        (sys::NFTNL_EXPR_LOOKUP_SREG, sreg),
+        (sys::NFTNL_EXPR_LOOKUP_SET_ID, spec.id),
+    ];
+    if let Some(dreg) = dreg {
+        u32s.push((sys::NFTNL_EXPR_LOOKUP_DREG, dreg));
+    }
+    rule.add_expr(&RawExpr {
+        name: c"lookup",
+        u32s: &u32s,
+        string: Some((sys::NFTNL_EXPR_LOOKUP_SET, &name)),
+    });
+}
+
+/// `fib daddr type local meta nfproto <family>`: what every static rule
+/// starts with.
+fn local_head<'a>(chain: &'a Chain<'a>, fam: &Family) -> Rule<'a> {
+    let mut rule = Rule::new(chain);
+    rule.add_expr(&FibDaddrType);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, RTN_LOCAL));
+    rule.add_expr(&Meta::NfProto);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, fam.nfproto as u8));
+    rule
+}
+
+/// The rules of one family reading the data maps and sets:
+/// - `ip saddr @pm4-src meta l4proto . th dport @pm4-snat meta mark set
+///   mark | 0x2000`;
+/// - `meta l4proto . th dport @pm4-masqall meta mark set mark | 0x2000`;
+/// - `dnat ip to ip daddr . meta l4proto . th dport map @pm4-addr`;
+/// - `dnat ip to meta l4proto . th dport map @pm4-any`.
+fn static_rules(batch: &mut Batch, chain: &Chain, fam: &Family) {
+    let addr = if fam.v4 { IPV4_DADDR } else { IPV6_DADDR };
+    let saddr_field = if fam.v4 { (12, 4) } else { (8, 16) };
+
+    let mut rule = local_head(chain, fam);
+    load_payload(&mut rule, NFT_PAYLOAD_NETWORK_HEADER, saddr_field, REG1);
+    lookup(&mut rule, &fam.src, REG1, None);
+    load_proto_port(&mut rule, REG32_00);
+    lookup(&mut rule, &fam.snat, REG32_00, None);
+    batch.add(&set_mark(rule), MsgType::Add);
+
+    let mut rule = local_head(chain, fam);
+    load_proto_port(&mut rule, REG32_00);
+    lookup(&mut rule, &fam.masq_all, REG32_00, None);
+    batch.add(&set_mark(rule), MsgType::Add);
+
+    let addr_words = addr.1 / 4;
+    let mut rule = local_head(chain, fam);
+    load_payload(&mut rule, NFT_PAYLOAD_NETWORK_HEADER, addr, REG32_00);
+    load_proto_port(&mut rule, REG32_00 + addr_words);
+    lookup(&mut rule, &fam.addr, REG32_00, Some(REG32_00));
+    batch.add(&dnat_regs(rule, fam), MsgType::Add);
+
+    let mut rule = local_head(chain, fam);
+    load_proto_port(&mut rule, REG32_00);
+    lookup(&mut rule, &fam.any, REG32_00, Some(REG32_00));
+    batch.add(&dnat_regs(rule, fam), MsgType::Add);
+}
+
+fn set_mark(mut rule: Rule<'_>) -> Rule<'_> {
+    rule.add_expr(&Meta::Mark { set: false });
+    rule.add_expr(&Bitwise::new(!MASQ_MARK, MASQ_MARK));
+    rule.add_expr(&Meta::Mark { set: true });
+    rule
+}
+
+/// `dnat <family> to` the address and port loaded from REG32_00 on.
+fn dnat_regs<'a>(mut rule: Rule<'a>, fam: &Family) -> Rule<'a> {
+    rule.add_expr(&RawExpr {
+        name: c"nat",
+        u32s: &[
+            (sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT),
+            (sys::NFTNL_EXPR_NAT_FAMILY, fam.nfproto as u32),
+            (sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG32_00),
+            (sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, fam.port_reg()),
+        ],
+        string: None,
+    });
+    rule
+}
+
+/// `meta l4proto . th dport` as a key: each part padded to 4 bytes.
+fn proto_port(proto: Proto, port: u16) -> Vec<u8> {
+    let p = port.to_be_bytes();
+    vec![proto.number(), 0, 0, 0, p[0], p[1], 0, 0]
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// An element of a data map: the map, the key and the data.
+type DataEntry = (&'static DataSpec, Vec<u8>, Vec<u8>);
+
+/// A mapping's element in its family's data maps.
+fn data_element(m: &Mapping) -> DataEntry {
+    let fam = Family::of(m.container_ip);
+    let mut data = octets(m.container_ip);
+    let p = m.container_port.to_be_bytes();
+    data.extend_from_slice(&[p[0], p[1], 0, 0]);
+    match host_ip(m) {
+        Some(h) => {
+            let mut key = octets(h);
+            key.extend(proto_port(m.proto, m.host_port));
+            (&fam.addr, key, data)
+        }
+        None => (&fam.any, proto_port(m.proto, m.host_port), data),
+    }
+}
+
+fn element(
+    spec: &DataSpec,
+    key: &[u8],
+    data: Option<&[u8]>,
+    end: bool,
+    udata: Option<&[u8]>,
+) -> DataElement {
+    let name = nft::cstring(spec.name);
+    DataElement::new(c"cni-rs", ProtoFamily::Inet, &name, key, data, end, udata)
+}
+
+/// An element comment as nft writes it (NFTNL_UDATA_SET_ELEM_COMMENT):
+/// type 0, length, the text with its NUL.
+fn elem_comment(text: &str) -> Vec<u8> {
+    let mut u = vec![0u8, (text.len() + 1) as u8];
+    u.extend_from_slice(text.as_bytes());
+    u.push(0);
+    u
+}
+
+/// The DNAT elements whose comment names the owner (a dump of each data
+/// map: only when the owner's record is lost), with their data.
+fn commented_elements(
+    socket: &mut NfSocket,
+    udata: &[u8],
+    op: &'static str,
+) -> Result<Vec<DataEntry>> {
+    let mut found = Vec::new();
+    for spec in [&V4.any, &V4.addr, &V6.any, &V6.addr] {
+        let attrs = set_elem_request(TABLE, spec.name, None);
+        let replies = match socket.dump(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+            Err(e) if nft::is_enoent(&e) => continue,
+            Err(e) => return Err(nft::nft_error(op, spec.name, e)),
+            Ok(replies) => replies,
+        };
+        for r in replies.iter().filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) {
+            for e in set_elements(r.attrs()).filter(|e| e.udata == Some(udata)) {
+                let data = e.data.unwrap_or_default().to_vec();
+                found.push((spec, e.key.to_vec(), data));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The data `key` maps to in `spec` now, if any (one GETSETELEM).
+fn current_data(
+    socket: &mut NfSocket,
+    spec: &DataSpec,
+    key: &[u8],
+    op: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    let attrs = set_elem_request(TABLE, spec.name, Some(key));
+    let reply = match socket.get(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+        Err(e) if nft::is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(nft::nft_error(op, spec.name, e)),
+        Ok(reply) => reply,
+    };
+    Ok(reply
+        .filter(|r| r.msg_type == NFT_MSG_NEWSETELEM)
+        .and_then(|r| {
+            set_elements(r.attrs())
+                .find(|e| e.key == key)
+                .map(|e| e.data.unwrap_or_default().to_vec())
+        }))
+}
+
+/// Whether `net`'s network address is in the source set already.
+fn src_covered(
+    socket: &mut NfSocket,
+    spec: &DataSpec,
+    net: &IpNetwork,
+    op: &'static str,
+) -> Result<bool> {
+    let key = octets(net.network());
+    let attrs = set_elem_request(TABLE, spec.name, Some(&key));
+    match socket.get(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+        Err(e) if nft::is_enoent(&e) => Ok(false),
+        Err(e) => Err(nft::nft_error(op, spec.name, e)),
+        Ok(reply) => Ok(reply.is_some_and(|r| r.msg_type == NFT_MSG_NEWSETELEM)),
+    }
+}
+
+/// Add the interval of `net` to the source set: its first address, and
+/// the address after its last one as the interval's end (none past the
+/// end of the address space).
+fn add_src(batch: &mut Batch, spec: &DataSpec, net: &IpNetwork) {
+    let start = octets(net.network());
+    batch.add(&element(spec, &start, None, false, None), MsgType::Add);
+    let mut end = octets(net.broadcast());
+    let mut carry = true;
+    for b in end.iter_mut().rev() {
+        if !carry {
+            break;
+        }
+        let (v, c) = b.overflowing_add(1);
+        *b = v;
+        carry = c;
+    }
+    if !carry {
+        batch.add(&element(spec, &end, None, true, None), MsgType::Add);
+    }
+}
+
+/// Remove an element if it is there (adding an existing one is a no-op):
+/// for a map, only if it still maps to `data`, else the batch fails.
+fn remove_own(batch: &mut Batch, spec: &DataSpec, key: &[u8], data: Option<&[u8]>) {
+    let e = element(spec, key, data, false, None);
+    batch.add(&e, MsgType::Add);
+    batch.add(&e, MsgType::Del);
+}
+
+/// Remove what a record mapping put in the data maps and sets: its DNAT
+/// element while it still maps to its container, and its port in the
+/// marking sets.
+fn remove_mapping(
+    socket: &mut NfSocket,
+    batch: &mut Batch,
+    m: &Mapping,
+    op: &'static str,
+) -> Result<()> {
+    let (spec, key, data) = data_element(m);
+    if current_data(socket, spec, &key, op)?.as_deref() != Some(&data[..]) {
+        // Another owner took the port over: its marking too.
+        return Ok(());
+    }
+    remove_own(batch, spec, &key, Some(&data));
+    let fam = Family::of(m.container_ip);
+    let pp = proto_port(m.proto, m.host_port);
+    remove_own(batch, &fam.snat, &pp, None);
+    remove_own(batch, &fam.masq_all, &pp, None);
+    Ok(())
+}
+
+/// The mappings of an owner chain's record rules (those in force through
+/// the data maps), in rule order.
+fn record_mappings(rules: &[Reply]) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for r in rules.iter().filter(|r| is_record(r.attrs())) {
+        if let Some(m) = mapping_of(r.attrs())
+            && !out.contains(&m)
+        {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// What marks a record rule: its comment.
+const RECORD: &str = "cni-rs portmap record";
+
+/// Whether a rule of an owner chain is a record of a mapping in force
+/// through the data maps (its comment says so) rather than a rule reached
+/// through the verdict maps.
+fn is_record(rule: Attrs) -> bool {
+    rule.get(NFTA_RULE_USERDATA)
+        .is_some_and(|u| u.windows(RECORD.len()).any(|w| w == RECORD.as_bytes()))
 }
 
 /// A host port's key: in the map of its protocol, in network byte order.
@@ -509,30 +1035,175 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
     if mappings.is_empty() {
         return del(&s.owner);
     }
-    let keys: Vec<MapKey> = mappings.iter().map(|m| key(m.proto, m.host_port)).collect();
-    KIND.replace(&s.owner, "add portmap", &keys, |batch, chain, comment| {
-        for m in &mappings {
-            for rule in mapping_rules(chain, s, m, comment) {
-                batch.add(&rule, MsgType::Add);
-            }
+    let conds = |m: &Mapping| {
+        if m.container_ip.is_ipv4() {
+            s.conditions_v4
+        } else {
+            s.conditions_v6
         }
-    })
+    };
+    // With conditions, a mapping keeps a jump from the verdict maps to the
+    // owner's chain; without (the usual case), its rules in the chain are
+    // only its record and the data maps do the work.
+    let (jumped, recorded): (Vec<&Mapping>, Vec<&Mapping>) =
+        mappings.iter().partition(|m| !conds(m).is_empty());
+    let keys: Vec<MapKey> = jumped.iter().map(|m| key(m.proto, m.host_port)).collect();
+    let record_comment = record_comment(&s.owner);
+    let udata = elem_comment(&KIND.comment(&s.owner));
+    let op = "add portmap";
+    KIND.replace_with(
+        &s.owner,
+        op,
+        &keys,
+        |batch, chain, comment| {
+            for m in &mappings {
+                let c = if jumped.contains(m) {
+                    comment
+                } else {
+                    &record_comment
+                };
+                for rule in mapping_rules(chain, s, m, c) {
+                    batch.add(&rule, MsgType::Add);
+                }
+            }
+        },
+        |socket, batch, now| {
+            let had = record_mappings(now);
+            for old in &had {
+                if !recorded.contains(&old) {
+                    remove_mapping(socket, batch, old, op)?;
+                }
+            }
+            for m in &recorded {
+                let (spec, key, data) = data_element(m);
+                match current_data(socket, spec, &key, op)? {
+                    Some(d) if d == data => {}
+                    Some(_) => batch.add(&element(spec, &key, None, false, None), MsgType::Del),
+                    None => {}
+                }
+                batch.add(
+                    &element(spec, &key, Some(&data), false, Some(&udata)),
+                    MsgType::Add,
+                );
+                let fam = Family::of(m.container_ip);
+                let pp = proto_port(m.proto, m.host_port);
+                let (want, other) = if s.masq_all {
+                    (&fam.masq_all, &fam.snat)
+                } else {
+                    (&fam.snat, &fam.masq_all)
+                };
+                // Deleting what is not there frees an element (and costs the
+                // kernel an RCU grace period): only for a port recorded before.
+                let before = had.iter().any(|o| {
+                    o.proto == m.proto
+                        && o.host_port == m.host_port
+                        && o.container_ip.is_ipv4() == fam.v4
+                });
+                if s.snat {
+                    batch.add(&element(want, &pp, None, false, None), MsgType::Add);
+                }
+                if before {
+                    remove_own(batch, other, &pp, None);
+                    if !s.snat {
+                        remove_own(batch, want, &pp, None);
+                    }
+                }
+                if s.snat && !s.masq_all {
+                    let localhost =
+                        IpNetwork::new(Ipv4Addr::LOCALHOST.into(), 8).expect("a valid prefix");
+                    let sources = s
+                        .hairpin_from
+                        .iter()
+                        .chain(fam.v4.then_some(&localhost))
+                        .filter(|n| n.is_ipv4() == fam.v4);
+                    for net in sources {
+                        if !src_covered(socket, &fam.src, net, op)? {
+                            add_src(batch, &fam.src, net);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The comment of an owner's record rules.
+fn record_comment(owner: &NftOwner) -> String {
+    let c = KIND.comment(owner);
+    let mut c = c.replacen("cni-rs portmap", RECORD, 1);
+    if c.len() > nft::COMMENT_MAX {
+        let mut end = nft::COMMENT_MAX;
+        while !c.is_char_boundary(end) {
+            end -= 1;
+        }
+        c.truncate(end);
+    }
+    c
 }
 
 /// Remove the owner's map elements and chain in one transaction; the keys
 /// are recovered from the owner's chain, so no mapping needs to be known.
-/// Elements of ports now mapped to another owner's chain are left alone.
-/// Nothing to remove (no chain, no table) is success.
+/// Elements of ports now mapped to another owner's chain or container are
+/// left alone. Nothing to remove (no chain, no table) is success.
 pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
-    KIND.delete(owner, "delete portmap")
+    let op = "delete portmap";
+    let udata = elem_comment(&KIND.comment(owner));
+    KIND.delete_with(owner, op, |socket, batch, rules| {
+        if rules.is_empty() {
+            // The record was flushed behind our back: find the elements by
+            // their comment.
+            for (spec, key, data) in commented_elements(socket, &udata, op)? {
+                remove_own(batch, spec, &key, Some(&data));
+                let fam = if data.len() == 8 { &V4 } else { &V6 };
+                let pp = &key[key.len() - 8..];
+                remove_own(batch, &fam.snat, pp, None);
+                remove_own(batch, &fam.masq_all, pp, None);
+            }
+        }
+        for m in record_mappings(rules) {
+            remove_mapping(socket, batch, &m, op)?;
+        }
+        Ok(())
+    })
 }
 
 /// The mappings the owner's chain installs and that its map elements still
 /// dispatch to (while the base chains exist), in rule order, read back from
 /// the kernel; `None` if the owner has no chain.
 pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> {
-    let rules = KIND.rules(owner, "list portmap")?;
-    Ok(rules.map(|rules| rules.iter().filter_map(|r| mapping_of(r.attrs())).collect()))
+    let op = "list portmap";
+    let Some(all) = KIND.all_rules(owner, op)? else {
+        return Ok(None);
+    };
+    let jumped: Vec<Mapping> = KIND
+        .rules(owner, op)?
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| !is_record(r.attrs()))
+        .filter_map(|r| mapping_of(r.attrs()))
+        .collect();
+    // Without the base chains nothing is in force.
+    if !KIND.bases_exist(op)? {
+        return Ok(Some(Vec::new()));
+    }
+    let mut socket = NfSocket::open(op)?;
+    let mut out = Vec::new();
+    for r in &all {
+        let Some(m) = mapping_of(r.attrs()) else {
+            continue;
+        };
+        let in_force = if is_record(r.attrs()) {
+            let (spec, key, data) = data_element(&m);
+            current_data(&mut socket, spec, &key, op)?.as_deref() == Some(&data[..])
+        } else {
+            jumped.contains(&m)
+        };
+        if in_force {
+            out.push(m);
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Every `(container id, ifname)` with a portmap chain for `network` (read
@@ -712,6 +1383,56 @@ mod tests {
         let ids: Vec<u32> = KIND.maps.iter().map(|m| m.id).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert!(KIND.maps.iter().all(|m| m.key.len == 2));
+    }
+
+    #[test]
+    fn data_keys_and_elements_are_padded_concatenations() {
+        assert_eq!(PROTO_PORT.datatype, (12 << 6) | 13);
+        assert_eq!(V4.addr.key.datatype, (((7 << 6) | 12) << 6) | 13);
+        assert_eq!(V6.any.data.unwrap().len, 20);
+        assert_eq!(
+            proto_port(Proto::Udp, 8080),
+            [17, 0, 0, 0, 0x1f, 0x90, 0, 0]
+        );
+        let (spec, key, data) = data_element(&tcp(8080, None, "10.66.0.2", 80));
+        assert_eq!(spec.name, "pm4-any");
+        assert_eq!(key, proto_port(Proto::Tcp, 8080));
+        assert_eq!(data, [10, 66, 0, 2, 0, 80, 0, 0]);
+        let (spec, key, data) = data_element(&tcp(8080, Some("fd99::1"), "fd66::2", 80));
+        assert_eq!(spec.name, "pm6-addr");
+        assert_eq!(key.len(), spec.key.len as usize);
+        assert_eq!(data.len(), spec.data.unwrap().len as usize);
+        // 0.0.0.0 is any address.
+        let (spec, _, _) = data_element(&tcp(80, Some("0.0.0.0"), "10.66.0.2", 80));
+        assert_eq!(spec.name, "pm4-any");
+        assert_eq!((V4.port_reg(), V6.port_reg()), (9, 12));
+        assert_eq!(elem_comment("ab"), [0, 3, b'a', b'b', 0]);
+    }
+
+    #[test]
+    fn record_rules_name_no_verdict_map_key() {
+        let ms = [tcp(8080, None, "10.66.0.2", 80)];
+        let s = setup(&ms, &[], &[]);
+        let table = Table::new(cstring(TABLE), ProtoFamily::Inet);
+        let chain = Chain::new(cstring(CHAIN), &table);
+        let comment = record_comment(&s.owner);
+        assert_eq!(comment, "cni-rs portmap record: n c eth0");
+        let rules: Vec<Vec<u8>> = mapping_rules(&chain, &s, &ms[0], &comment)
+            .iter()
+            .map(|r| written(r, CHAIN))
+            .collect();
+        assert!(rules.iter().all(|r| is_record(Attrs(r))));
+        assert!(rules.iter().all(|r| (KIND.rule_key)(Attrs(r)).is_none()));
+        let replies: Vec<Reply> = rules
+            .into_iter()
+            .map(|attrs| Reply {
+                msg_type: crate::nfnetlink::NFT_MSG_NEWRULE,
+                attrs,
+            })
+            .collect();
+        assert_eq!(record_mappings(&replies), ms);
+        let plain = mapping_rules(&chain, &s, &ms[0], "cni-rs portmap: n c eth0");
+        assert!(!is_record(Attrs(&written(&plain[0], CHAIN))));
     }
 
     #[test]

@@ -65,6 +65,7 @@ const KIND: ChainKind = ChainKind {
         rules: dispatch,
     }],
     maps: &[SPOOF],
+    setup: |_| {},
     rule_key: |rule| rule_check(rule).map(|(ifname, _)| key(&ifname)),
 };
 /// IFNAMSIZ: an interface name and its NUL; `meta iifname` loads this much.
