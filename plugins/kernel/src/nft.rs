@@ -63,7 +63,7 @@ use crate::nfnetlink::{
     NFTA_LIST_ELEM, NFTA_VERDICT_CODE, NfSocket, Reply, put_attr, set_elem_owner, set_elem_request,
     set_elements, strz,
 };
-use crate::nft_ffi::{Exclusive, KeyType, MapElement, VerdictMap};
+use crate::nft_ffi::{Exclusive, KeyType, NftSet, SetElement};
 
 /// Our table, in each family we use; nothing else is ever touched.
 pub const TABLE: &str = "cni-rs";
@@ -266,7 +266,7 @@ impl ChainKind {
         batch.add(&table, MsgType::Add);
         for map in self.maps {
             let name = cstring(map.name);
-            let map = VerdictMap::new(c"cni-rs", self.family, &name, map.key, map.id);
+            let map = NftSet::verdict_map(c"cni-rs", self.family, &name, map.key, map.id);
             batch.add(&map, MsgType::Add);
         }
         (self.setup)(&mut batch);
@@ -535,9 +535,9 @@ impl ChainKind {
         }
     }
 
-    fn element(&self, key: &MapKey, chain: &CString) -> MapElement {
+    fn element(&self, key: &MapKey, chain: &CString) -> SetElement {
         let map = cstring(key.map);
-        MapElement::jump(c"cni-rs", self.family, &map, &key.key, chain)
+        SetElement::jump(c"cni-rs", self.family, &map, &key.key, chain)
     }
 
     /// Delete `key`'s element only if it maps to `chain`: re-adding the

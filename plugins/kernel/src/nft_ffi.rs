@@ -130,19 +130,74 @@ unsafe fn header(
     }
 }
 
-/// A named map `<name> { type <key> : verdict }` of our table: NEWSET with
-/// NLM_F_CREATE and without NLM_F_EXCL, so adding an identical map that
-/// exists is a no-op. `id` lets a rule in the same batch refer to it.
-pub(crate) struct VerdictMap(RawSet);
+/// A named set or map of our table: NEWSET with NLM_F_CREATE and without
+/// NLM_F_EXCL, so adding an identical one that exists is a no-op. `id` lets
+/// a rule in the same batch refer to it.
+pub(crate) struct NftSet(RawSet);
 
-impl VerdictMap {
-    pub fn new(table: &CStr, family: ProtoFamily, name: &CStr, key: KeyType, id: u32) -> Self {
+/// What a set maps its keys to.
+enum SetData {
+    None,
+    /// Jumps and gotos: the kernel sizes verdict data itself.
+    Verdict,
+    Data(KeyType),
+}
+
+impl NftSet {
+    /// `<name> { type <key> : verdict }`.
+    pub fn verdict_map(
+        table: &CStr,
+        family: ProtoFamily,
+        name: &CStr,
+        key: KeyType,
+        id: u32,
+    ) -> Self {
+        Self::build(table, family, name, key, SetData::Verdict, false, id)
+    }
+
+    /// A set of `key`s, or with `data` a map to data; `interval` for
+    /// prefix/range keys (NFT_SET_INTERVAL).
+    pub fn data(
+        table: &CStr,
+        family: ProtoFamily,
+        name: &CStr,
+        key: KeyType,
+        data: Option<KeyType>,
+        interval: bool,
+        id: u32,
+    ) -> Self {
+        let data = data.map_or(SetData::None, SetData::Data);
+        Self::build(table, family, name, key, data, interval, id)
+    }
+
+    fn build(
+        table: &CStr,
+        family: ProtoFamily,
+        name: &CStr,
+        key: KeyType,
+        data: SetData,
+        interval: bool,
+        id: u32,
+    ) -> Self {
         let mut set = RawSet::new(table, family, name);
-        set.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
+        let mut flags = 0;
+        if !matches!(data, SetData::None) {
+            flags |= libc::NFT_SET_MAP as u32;
+        }
+        if interval {
+            flags |= libc::NFT_SET_INTERVAL as u32;
+        }
+        set.set_u32(sys::NFTNL_SET_FLAGS, flags);
         set.set_u32(sys::NFTNL_SET_KEY_TYPE, key.datatype);
         set.set_u32(sys::NFTNL_SET_KEY_LEN, key.len);
-        // The kernel sizes verdict data itself (no NFTA_SET_DATA_LEN).
-        set.set_u32(sys::NFTNL_SET_DATA_TYPE, libc::NFT_DATA_VERDICT);
+        match data {
+            SetData::None => {}
+            SetData::Verdict => set.set_u32(sys::NFTNL_SET_DATA_TYPE, libc::NFT_DATA_VERDICT),
+            SetData::Data(d) => {
+                set.set_u32(sys::NFTNL_SET_DATA_TYPE, d.datatype);
+                set.set_u32(sys::NFTNL_SET_DATA_LEN, d.len);
+            }
+        }
         set.set_u32(sys::NFTNL_SET_ID, id);
         let udata = set_userdata(key);
         // SAFETY: libnftnl copies the bytes.
@@ -154,12 +209,12 @@ impl VerdictMap {
                 udata.len() as u32,
             )
         };
-        VerdictMap(set)
+        NftSet(set)
     }
 }
 
 // SAFETY: one NEWSET message with a handful of attributes.
-unsafe impl NlMsg for VerdictMap {
+unsafe impl NlMsg for NftSet {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         let (ty, flags) = match msg_type {
             MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE),
@@ -172,17 +227,76 @@ unsafe impl NlMsg for VerdictMap {
     }
 }
 
-/// One element of a verdict map. Added (MsgType::Add: NEWSETELEM with
-/// NLM_F_CREATE, without NLM_F_EXCL) it is `key : jump <chain>`: the kernel
-/// accepts it when the key is absent or already maps to that very verdict,
-/// and refuses it with EEXIST when the key maps to anything else. Deleted
-/// (MsgType::Del: DELSETELEM) only the key counts.
-pub(crate) struct MapElement(RawSet);
+/// One element of a set or map, in a NEWSETELEM/DELSETELEM message. Added
+/// (MsgType::Add, with NLM_F_CREATE and without NLM_F_EXCL) the kernel
+/// accepts it when the key is absent or already maps to the same data or
+/// verdict, and refuses it with EEXIST when the key maps to anything else.
+/// Deleted (MsgType::Del) only the key counts.
+pub(crate) struct SetElement(RawSet);
 
-impl MapElement {
+impl SetElement {
+    /// `key : jump <chain>` in a verdict map.
     pub fn jump(table: &CStr, family: ProtoFamily, map: &CStr, key: &[u8], chain: &CStr) -> Self {
-        let set = RawSet::new(table, family, map);
-        // SAFETY: a fresh element filled with copies of `key` and `chain`,
+        Self::build(table, family, map, key, |elem| {
+            // SAFETY: `elem` is the fresh element; libnftnl copies `chain`.
+            unsafe {
+                sys::nftnl_set_elem_set_u32(
+                    elem,
+                    sys::NFTNL_SET_ELEM_VERDICT as u16,
+                    libc::NFT_JUMP as u32,
+                );
+                sys::nftnl_set_elem_set_str(elem, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
+            }
+        })
+    }
+
+    /// An element of a set (no `data`) or data map, possibly the end of an
+    /// interval (NFT_SET_ELEM_INTERVAL_END), with optional user data (a comment).
+    pub fn data(
+        table: &CStr,
+        family: ProtoFamily,
+        set_name: &CStr,
+        key: &[u8],
+        data: Option<&[u8]>,
+        interval_end: bool,
+        udata: Option<&[u8]>,
+    ) -> Self {
+        Self::build(table, family, set_name, key, |elem| {
+            // SAFETY: `elem` is the fresh element; libnftnl copies the bytes.
+            unsafe {
+                for (attr, bytes) in [
+                    (sys::NFTNL_SET_ELEM_DATA, data),
+                    (sys::NFTNL_SET_ELEM_USERDATA, udata),
+                ] {
+                    if let Some(b) = bytes {
+                        sys::nftnl_set_elem_set(
+                            elem,
+                            attr as u16,
+                            b.as_ptr().cast(),
+                            b.len() as u32,
+                        );
+                    }
+                }
+                if interval_end {
+                    sys::nftnl_set_elem_set_u32(
+                        elem,
+                        sys::NFTNL_SET_ELEM_FLAGS as u16,
+                        libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                    );
+                }
+            }
+        })
+    }
+
+    fn build(
+        table: &CStr,
+        family: ProtoFamily,
+        set_name: &CStr,
+        key: &[u8],
+        fill: impl FnOnce(*mut sys::nftnl_set_elem),
+    ) -> Self {
+        let set = RawSet::new(table, family, set_name);
+        // SAFETY: a fresh element holding a copy of `key`, filled by `fill`,
         // then handed to the set, which owns (and frees) it from then on.
         unsafe {
             let elem = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
@@ -192,20 +306,15 @@ impl MapElement {
                 key.as_ptr().cast(),
                 key.len() as u32,
             );
-            sys::nftnl_set_elem_set_u32(
-                elem,
-                sys::NFTNL_SET_ELEM_VERDICT as u16,
-                libc::NFT_JUMP as u32,
-            );
-            sys::nftnl_set_elem_set_str(elem, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
+            fill(elem);
             sys::nftnl_set_elem_add(set.set.as_ptr(), elem);
         }
-        MapElement(set)
+        SetElement(set)
     }
 }
 
 // SAFETY: one NEWSETELEM/DELSETELEM message holding one element.
-unsafe impl NlMsg for MapElement {
+unsafe impl NlMsg for SetElement {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         let (ty, flags) = match msg_type {
             MsgType::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE),
@@ -270,136 +379,6 @@ impl Expression for FibDaddrType {
             let reg1 = libc::NFT_REG_1 as u32;
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, reg1);
             expr
-        }
-    }
-}
-
-/// A named set or data map of our table: NEWSET with NLM_F_CREATE and
-/// without NLM_F_EXCL (adding an identical one that exists is a no-op).
-/// `data` makes it a map with that data type; `interval` a set of ranges
-/// (NFT_SET_INTERVAL). `id` lets a rule in the same batch refer to it.
-pub(crate) struct DataSet(RawSet);
-
-impl DataSet {
-    pub fn new(
-        table: &CStr,
-        family: ProtoFamily,
-        name: &CStr,
-        key: KeyType,
-        data: Option<KeyType>,
-        interval: bool,
-        id: u32,
-    ) -> Self {
-        let mut set = RawSet::new(table, family, name);
-        let mut flags = 0;
-        if data.is_some() {
-            flags |= libc::NFT_SET_MAP as u32;
-        }
-        if interval {
-            flags |= libc::NFT_SET_INTERVAL as u32;
-        }
-        set.set_u32(sys::NFTNL_SET_FLAGS, flags);
-        set.set_u32(sys::NFTNL_SET_KEY_TYPE, key.datatype);
-        set.set_u32(sys::NFTNL_SET_KEY_LEN, key.len);
-        if let Some(data) = data {
-            set.set_u32(sys::NFTNL_SET_DATA_TYPE, data.datatype);
-            set.set_u32(sys::NFTNL_SET_DATA_LEN, data.len);
-        }
-        set.set_u32(sys::NFTNL_SET_ID, id);
-        let udata = set_userdata(key);
-        // SAFETY: libnftnl copies the bytes.
-        unsafe {
-            sys::nftnl_set_set_data(
-                set.set.as_ptr(),
-                sys::NFTNL_SET_USERDATA as u16,
-                udata.as_ptr().cast(),
-                udata.len() as u32,
-            )
-        };
-        DataSet(set)
-    }
-}
-
-// SAFETY: one NEWSET message with a handful of attributes.
-unsafe impl NlMsg for DataSet {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE),
-            MsgType::Del => (libc::NFT_MSG_DELSET, 0),
-        };
-        unsafe {
-            let nlh = header(buf, ty, self.0.family, flags, seq);
-            sys::nftnl_set_nlmsg_build_payload(nlh, self.0.set.as_ptr());
-        }
-    }
-}
-
-/// One element of a set or data map: its key, its data (maps), and whether
-/// it ends an interval (NFT_SET_ELEM_INTERVAL_END). Added without
-/// NLM_F_EXCL: a no-op when the same element exists, refused when the key
-/// maps to other data.
-pub(crate) struct DataElement(RawSet);
-
-impl DataElement {
-    pub fn new(
-        table: &CStr,
-        family: ProtoFamily,
-        set_name: &CStr,
-        key: &[u8],
-        data: Option<&[u8]>,
-        interval_end: bool,
-        udata: Option<&[u8]>,
-    ) -> Self {
-        let set = RawSet::new(table, family, set_name);
-        // SAFETY: a fresh element filled with copies of `key` and `data`,
-        // then handed to the set, which owns (and frees) it from then on.
-        unsafe {
-            let elem = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
-            sys::nftnl_set_elem_set(
-                elem,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr().cast(),
-                key.len() as u32,
-            );
-            if let Some(data) = data {
-                sys::nftnl_set_elem_set(
-                    elem,
-                    sys::NFTNL_SET_ELEM_DATA as u16,
-                    data.as_ptr().cast(),
-                    data.len() as u32,
-                );
-            }
-            if let Some(udata) = udata {
-                sys::nftnl_set_elem_set(
-                    elem,
-                    sys::NFTNL_SET_ELEM_USERDATA as u16,
-                    udata.as_ptr().cast(),
-                    udata.len() as u32,
-                );
-            }
-            if interval_end {
-                sys::nftnl_set_elem_set_u32(
-                    elem,
-                    sys::NFTNL_SET_ELEM_FLAGS as u16,
-                    libc::NFT_SET_ELEM_INTERVAL_END as u32,
-                );
-            }
-            sys::nftnl_set_elem_add(set.set.as_ptr(), elem);
-        }
-        DataElement(set)
-    }
-}
-
-// SAFETY: one NEWSETELEM/DELSETELEM message holding one element.
-unsafe impl NlMsg for DataElement {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE),
-            MsgType::Del => (libc::NFT_MSG_DELSETELEM, 0),
-        };
-        unsafe {
-            let nlh = header(buf, ty, self.0.family, flags, seq);
-            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.0.set.as_ptr());
         }
     }
 }
@@ -484,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_verdict_map_is_created_without_exclusivity() {
-        let map = VerdictMap::new(c"cni-rs", ProtoFamily::Inet, c"masq4", IPV4_ADDR, 7);
+        let map = NftSet::verdict_map(c"cni-rs", ProtoFamily::Inet, c"masq4", IPV4_ADDR, 7);
         let (ty, flags, family, attrs) = message(&map, MsgType::Add);
         assert_eq!(ty, libc::NFT_MSG_NEWSET as u16);
         assert_eq!(flags, CREATE_ACK);
@@ -503,7 +482,7 @@ mod tests {
         udata.extend_from_slice(&2u32.to_ne_bytes());
         assert_eq!(a.get(13), Some(&udata[..]));
 
-        let map = VerdictMap::new(c"cni-rs", ProtoFamily::Bridge, c"spoof", IFNAME, 1);
+        let map = NftSet::verdict_map(c"cni-rs", ProtoFamily::Bridge, c"spoof", IFNAME, 1);
         let (_, _, family, attrs) = message(&map, MsgType::Add);
         assert_eq!(family, libc::NFPROTO_BRIDGE as u8);
         assert_eq!(Attrs(&attrs).get_be32(4), Some(41));
@@ -516,7 +495,7 @@ mod tests {
     #[test]
     fn map_elements_jump_to_a_chain() {
         let key = [10u8, 1, 0, 5];
-        let elem = MapElement::jump(
+        let elem = SetElement::jump(
             c"cni-rs",
             ProtoFamily::Inet,
             c"masq4",
@@ -585,7 +564,7 @@ mod tests {
             len: 8,
             byteorder: 2,
         };
-        let map = DataSet::new(
+        let map = NftSet::data(
             c"cni-rs",
             ProtoFamily::Inet,
             c"pm4-any",
@@ -602,7 +581,7 @@ mod tests {
         assert_eq!(a.get_be32(6), Some((7 << 6) | 13));
         assert_eq!(a.get_be32(7), Some(8));
         assert_eq!(a.get_be32(10), Some(11));
-        let set = DataSet::new(c"cni-rs", ProtoFamily::Inet, c"s", IPV4_ADDR, None, true, 1);
+        let set = NftSet::data(c"cni-rs", ProtoFamily::Inet, c"s", IPV4_ADDR, None, true, 1);
         let (_, _, _, attrs) = message(&set, MsgType::Add);
         assert_eq!(
             Attrs(&attrs).get_be32(3),
@@ -610,7 +589,7 @@ mod tests {
         );
         assert_eq!(Attrs(&attrs).get(7), None, "a set has no data");
 
-        let elem = DataElement::new(
+        let elem = SetElement::data(
             c"cni-rs",
             ProtoFamily::Inet,
             c"pm4-any",
@@ -654,7 +633,7 @@ mod tests {
 
     #[test]
     fn a_port_map_is_keyed_by_big_endian_ports() {
-        let map = VerdictMap::new(c"cni-rs", ProtoFamily::Inet, c"pm-tcp", INET_SERVICE, 4);
+        let map = NftSet::verdict_map(c"cni-rs", ProtoFamily::Inet, c"pm-tcp", INET_SERVICE, 4);
         let (_, _, _, attrs) = message(&map, MsgType::Add);
         let a = Attrs(&attrs);
         assert_eq!(a.get_be32(4), Some(13), "inet_service");

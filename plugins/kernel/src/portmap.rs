@@ -101,7 +101,7 @@ use crate::nfnetlink::{
 };
 use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, TABLE};
 use crate::nft_ffi::{
-    DataElement, DataSet, FibDaddrType, INET_SERVICE, KeyType, RTN_LOCAL, RawExpr, VerdictLookup,
+    FibDaddrType, INET_SERVICE, KeyType, NftSet, RTN_LOCAL, RawExpr, SetElement, VerdictLookup,
 };
 use nftnl_sys as sys;
 
@@ -471,7 +471,7 @@ fn data_sets(batch: &mut Batch) {
     for fam in [&V4, &V6] {
         for spec in fam.specs() {
             let name = nft::cstring(spec.name);
-            let set = DataSet::new(
+            let set = NftSet::data(
                 c"cni-rs",
                 ProtoFamily::Inet,
                 &name,
@@ -639,9 +639,9 @@ fn element(
     data: Option<&[u8]>,
     end: bool,
     udata: Option<&[u8]>,
-) -> DataElement {
+) -> SetElement {
     let name = nft::cstring(spec.name);
-    DataElement::new(c"cni-rs", ProtoFamily::Inet, &name, key, data, end, udata)
+    SetElement::data(c"cni-rs", ProtoFamily::Inet, &name, key, data, end, udata)
 }
 
 /// An element comment as nft writes it (NFTNL_UDATA_SET_ELEM_COMMENT):
