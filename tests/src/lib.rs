@@ -5,6 +5,8 @@
 //! Everything a test creates lives inside namespaces it made; nothing touches
 //! the machine's root network namespace.
 
+pub mod nft;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

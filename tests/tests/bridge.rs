@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use cni_tests::nft::{self, objects};
 use cni_tests::{Call, Netns, TempDir, must, unique};
 use serde_json::{Value, json};
 
@@ -714,21 +715,13 @@ fn twenty_concurrent_adds_on_a_new_bridge() {
 /// The spoof check chains in `bridge cni-rs` of the host namespace, each as
 /// (chain, its base-chain settings, its rules' expressions and comments).
 fn spoof_chains(w: &World) -> Vec<(String, Value, Vec<Value>)> {
-    let Some(t) = w.host.nft_table("bridge", "cni-rs") else {
-        return Vec::new();
-    };
-    let objs = t["nftables"].as_array().unwrap();
+    let objs = objects(&w.host, "bridge");
     objs.iter()
         .filter_map(|o| o.get("chain"))
         .filter(|c| c["name"].as_str().unwrap().starts_with("spoof/"))
         .map(|c| {
             let name = c["name"].as_str().unwrap().to_owned();
-            let rules = objs
-                .iter()
-                .filter_map(|o| o.get("rule"))
-                .filter(|r| r["chain"] == name.as_str())
-                .cloned()
-                .collect();
+            let rules = nft::rules(&objs, &name);
             (name, c.clone(), rules)
         })
         .collect()
@@ -743,48 +736,17 @@ fn spoof_chain_names(w: &World) -> Vec<String> {
 /// The elements of a verdict map in the host namespace's `cni-rs` table of
 /// `family`, as (key, chain it jumps to), sorted.
 fn map_elements(w: &World, family: &str, map: &str) -> Vec<(String, String)> {
-    let Some(t) = w.host.nft_table(family, "cni-rs") else {
-        return Vec::new();
-    };
-    let mut elems: Vec<(String, String)> = t["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["map"]["name"] == map)
-        .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
-        .map(|e| {
-            (
-                e[0].as_str().unwrap().to_owned(),
-                e[1]["jump"]["target"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    elems.sort();
-    elems
+    nft::jumps(&objects(&w.host, family), map, nft::str_key)
 }
 
 /// `nft ARGS...` in the host namespace, behind the plugin's back.
 fn host_nft(w: &World, args: &[&str]) {
-    let mut full = vec!["netns", "exec", &w.host.name, "nft"];
-    full.extend_from_slice(args);
-    must("ip", &full);
+    nft::nft(&w.host, args);
 }
 
 /// The rules of a chain in the host namespace's `cni-rs` table of `family`.
 fn chain_rules(w: &World, family: &str, chain: &str) -> Vec<Value> {
-    w.host
-        .nft_table(family, "cni-rs")
-        .map(|t| {
-            t["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|o| o.get("rule"))
-                .filter(|r| r["chain"] == chain)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
+    nft::rules(&objects(&w.host, family), chain)
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use cni_kernel::masquerade::{self, MasqOwner};
-use cni_kernel::{KernelError, Netns, sysctl};
-use cni_tests::{Netns as TestNs, TempDir, cmd, must};
+use cni_kernel::{KernelError, sysctl};
+use cni_tests::nft::{self, ips, nets, nft, nft_json, pairs, root_snapshot, within};
+use cni_tests::{Netns as TestNs, TempDir, must};
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 
@@ -17,19 +18,6 @@ fn owner<'a>(network: &'a str, container_id: &'a str, ifname: &'a str) -> MasqOw
         container_id,
         ifname,
     }
-}
-
-fn nets(addrs: &[&str]) -> Vec<IpNetwork> {
-    addrs.iter().map(|a| a.parse().unwrap()).collect()
-}
-
-fn ips(addrs: &[&str]) -> Vec<IpAddr> {
-    addrs.iter().map(|a| a.parse().unwrap()).collect()
-}
-
-/// Run `f` on a thread inside the test namespace.
-fn within<T: Send>(ns: &TestNs, f: impl FnOnce() -> T + Send) -> T {
-    Netns::open(ns.path()).unwrap().run(f).unwrap()
 }
 
 fn add(ns: &TestNs, o: &MasqOwner, addrs: &[&str]) {
@@ -49,35 +37,8 @@ fn owners(ns: &TestNs, network: &str) -> Vec<(String, String)> {
     within(ns, || masquerade::owners(network)).unwrap()
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(c, i)| (c.to_string(), i.to_string()))
-        .collect()
-}
-
-/// `nft -j list table inet cni-rs` in `ns`: the list of objects, or None when
-/// there is no such table.
-fn table(ns: &str) -> Option<Vec<Value>> {
-    let out = cmd(
-        "ip",
-        &[
-            "netns", "exec", ns, "nft", "-j", "list", "table", "inet", "cni-rs",
-        ],
-    );
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("No such file or directory"), "nft: {err}");
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    Some(v["nftables"].as_array().unwrap().clone())
-}
-
 fn chain(ns: &TestNs, name: &str) -> Option<Value> {
-    table(&ns.name)?
-        .into_iter()
-        .find(|o| o["chain"]["name"] == name)
-        .map(|o| o["chain"].clone())
+    nft::chain(nft::table(ns)?, name)
 }
 
 /// The base chain every owner's chain is dispatched from.
@@ -85,32 +46,12 @@ const BASE: &str = "masquerading";
 
 /// The owners' chains (`masq/...`), sorted.
 fn chain_names(ns: &TestNs) -> Vec<String> {
-    let mut names: Vec<String> = table(&ns.name)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|o| o["chain"]["name"].as_str().map(String::from))
-        .filter(|n| n.starts_with("masq/"))
-        .collect();
-    names.sort();
-    names
+    nft::chain_names(&nft::table(ns).unwrap_or_default(), "masq/")
 }
 
 /// The elements of map `masq4` or `masq6` as (key, chain it jumps to), sorted.
 fn elements(ns: &TestNs, map: &str) -> Vec<(String, String)> {
-    let mut elems: Vec<(String, String)> = table(&ns.name)
-        .unwrap_or_default()
-        .iter()
-        .filter(|o| o["map"]["name"] == map)
-        .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
-        .map(|e| {
-            (
-                e[0].as_str().unwrap().to_owned(),
-                e[1]["jump"]["target"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    elems.sort();
-    elems
+    nft::jumps(&nft::table(ns).unwrap_or_default(), map, nft::str_key)
 }
 
 fn elems(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -185,12 +126,9 @@ fn render(rule: &Value) -> String {
 
 /// The rules of a chain: (handle, rendered expressions, comment).
 fn rules(ns: &TestNs, chain: &str) -> Vec<(u64, String, String)> {
-    table(&ns.name)
-        .unwrap_or_default()
+    nft::rules(&nft::table(ns).unwrap_or_default(), chain)
         .iter()
-        .filter(|o| o["rule"]["chain"] == chain)
-        .map(|o| {
-            let r = &o["rule"];
+        .map(|r| {
             (
                 r["handle"].as_u64().unwrap(),
                 render(r),
@@ -204,35 +142,11 @@ fn rendered(ns: &TestNs, chain: &str) -> Vec<String> {
     rules(ns, chain).into_iter().map(|(_, r, _)| r).collect()
 }
 
-/// Change the ruleset behind the module's back. nft 1.0.6 cannot name a
-/// chain with ':' on its command line, so this speaks JSON.
-fn nft_json(ns: &TestNs, commands: Value) {
-    let doc = json!({ "nftables": commands }).to_string();
-    must("ip", &["netns", "exec", &ns.name, "nft", "-j", &doc]);
-}
-
-/// `nft ARGS...` inside the namespace, which must succeed.
-fn nft(ns: &TestNs, args: &[&str]) {
-    let mut full = vec!["netns", "exec", &ns.name, "nft"];
-    full.extend_from_slice(args);
-    must("ip", &full);
-}
-
-/// The root namespace's `inet cni-rs` table (or its absence), to compare
-/// before and after a test.
-fn root_snapshot() -> (bool, String) {
-    let out = cmd("nft", &["-j", "list", "table", "inet", "cni-rs"]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     let root = root_snapshot();
     let ns = TestNs::new("msq");
-    assert!(table(&ns.name).is_none());
+    assert!(nft::table(&ns).is_none());
     let o = owner("net1", "ctr-1", "eth0");
     let name = "masq/net1/ctr-1/eth0";
     add(&ns, &o, &["10.1.0.5/16", "fd00:1::5/64", "10.2.0.9/32"]);
@@ -249,7 +163,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         rendered(&ns, BASE),
         ["ip saddr vmap @masq4", "ip6 saddr vmap @masq6"]
     );
-    let maps: Vec<Value> = table(&ns.name)
+    let maps: Vec<Value> = nft::table(&ns)
         .unwrap()
         .into_iter()
         .filter_map(|o| o.get("map").cloned())
@@ -406,7 +320,7 @@ fn del_is_idempotent() {
     // No table at all.
     del(&ns, &o);
     del(&ns, &o);
-    assert!(table(&ns.name).is_none(), "del created something");
+    assert!(nft::table(&ns).is_none(), "del created something");
     assert_eq!(installed(&ns, &o), None);
     assert!(owners(&ns, "net1").is_empty());
 
@@ -708,7 +622,7 @@ fn available_and_unusable_owners() {
     let e = within(&ns, || masquerade::add(&colon, &nets(&["10.1.0.5/16"]))).unwrap_err();
     assert!(matches!(e, KernelError::NftOwner { .. }), "{e:?}");
     del(&ns, &colon);
-    assert!(table(&ns.name).is_none());
+    assert!(nft::table(&ns).is_none());
 }
 
 /// A batch the kernel refuses part way changes nothing: the owner's chain

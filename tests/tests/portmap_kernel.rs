@@ -7,8 +7,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use cni_kernel::portmap::{self, Cond, Mapping, NftOwner, Proto, Setup};
-use cni_kernel::{KernelError, Netns, sysctl};
-use cni_tests::{Netns as TestNs, TempDir, cmd, must};
+use cni_kernel::{KernelError, sysctl};
+use cni_tests::nft::{self, nets, nft, objects, pairs, root_snapshot, within};
+use cni_tests::{Netns as TestNs, TempDir, cmd};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
@@ -18,11 +19,6 @@ fn owner<'a>(network: &'a str, container_id: &'a str, ifname: &'a str) -> NftOwn
         container_id,
         ifname,
     }
-}
-
-/// Run `f` on a thread inside the test namespace.
-fn within<T: Send>(ns: &TestNs, f: impl FnOnce() -> T + Send) -> T {
-    Netns::open(ns.path()).unwrap().run(f).unwrap()
 }
 
 fn map(proto: Proto, host_port: u16, host_ip: Option<&str>, to: &str, port: u16) -> Mapping {
@@ -37,10 +33,6 @@ fn map(proto: Proto, host_port: u16, host_ip: Option<&str>, to: &str, port: u16)
 
 fn tcp(host_port: u16, to: &str, port: u16) -> Mapping {
     map(Proto::Tcp, host_port, None, to, port)
-}
-
-fn nets(list: &[&str]) -> Vec<IpNetwork> {
-    list.iter().map(|n| n.parse().unwrap()).collect()
 }
 
 /// The options of a setup besides its owner and mappings.
@@ -92,19 +84,6 @@ fn owners(ns: &TestNs, network: &str) -> Vec<(String, String)> {
     within(ns, || portmap::owners(network)).unwrap()
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(c, i)| (c.to_string(), i.to_string()))
-        .collect()
-}
-
-/// `nft ARGS...` inside the namespace, which must succeed.
-fn nft(ns: &TestNs, args: &[&str]) -> String {
-    let mut full = vec!["netns", "exec", &ns.name, "nft"];
-    full.extend_from_slice(args);
-    must("ip", &full)
-}
-
 /// `nft list table inet cni-rs` in `ns`, or None when there is no table.
 fn listing(ns: &TestNs) -> Option<String> {
     let out = cmd(
@@ -121,54 +100,18 @@ fn listing(ns: &TestNs) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `nft -j list table inet cni-rs`: the list of objects (empty without it).
-fn objects(ns: &TestNs) -> Vec<Value> {
-    let out = cmd(
-        "ip",
-        &[
-            "netns", "exec", &ns.name, "nft", "-j", "list", "table", "inet", "cni-rs",
-        ],
-    );
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["nftables"].as_array().unwrap().clone()
-}
-
 fn chain(ns: &TestNs, name: &str) -> Option<Value> {
-    objects(ns)
-        .into_iter()
-        .find(|o| o["chain"]["name"] == name)
-        .map(|o| o["chain"].clone())
+    nft::chain(objects(ns, "inet"), name)
 }
 
 /// The owners' chains (`pm/...`), sorted.
 fn chain_names(ns: &TestNs) -> Vec<String> {
-    let mut names: Vec<String> = objects(ns)
-        .iter()
-        .filter_map(|o| o["chain"]["name"].as_str().map(String::from))
-        .filter(|n| n.starts_with("pm/"))
-        .collect();
-    names.sort();
-    names
+    nft::chain_names(&objects(ns, "inet"), "pm/")
 }
 
 /// The elements of `pm-tcp`, `pm-udp` or `pm-sctp` as (port, chain), sorted.
 fn elements(ns: &TestNs, map: &str) -> Vec<(u64, String)> {
-    let mut elems: Vec<(u64, String)> = objects(ns)
-        .iter()
-        .filter(|o| o["map"]["name"] == map)
-        .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
-        .map(|e| {
-            (
-                e[0].as_u64().unwrap(),
-                e[1]["jump"]["target"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    elems.sort();
-    elems
+    nft::jumps(&objects(ns, "inet"), map, |k| k.as_u64().unwrap())
 }
 
 /// A value of nft's JSON: a concatenation joined with " . ".
@@ -194,7 +137,7 @@ fn text(v: &Value) -> String {
 /// The elements of a data map (`pm4-any`, ...) as "key : data", or of a
 /// set as "key", sorted.
 fn data_elements(ns: &TestNs, name: &str) -> Vec<String> {
-    let mut elems: Vec<String> = objects(ns)
+    let mut elems: Vec<String> = objects(ns, "inet")
         .iter()
         .filter_map(|o| {
             let m = o.get("map").or_else(|| o.get("set"))?;
@@ -227,10 +170,7 @@ fn elems(list: &[(u64, &str)]) -> Vec<(u64, String)> {
 
 /// The number of rules in a chain.
 fn rule_count(ns: &TestNs, chain: &str) -> usize {
-    objects(ns)
-        .iter()
-        .filter(|o| o["rule"]["chain"] == chain)
-        .count()
+    nft::rules(&objects(ns, "inet"), chain).len()
 }
 
 /// The lines of a chain in the text listing, trimmed (rules, and for a base
@@ -314,16 +254,6 @@ fn assert_only_the_setup(ns: &TestNs) {
     );
 }
 
-/// The root namespace's `inet cni-rs` table (or its absence), to compare
-/// before and after a test.
-fn root_snapshot() -> (bool, String) {
-    let out = cmd("nft", &["-j", "list", "table", "inet", "cni-rs"]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     let root = root_snapshot();
@@ -360,7 +290,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
             "{c}"
         );
     }
-    let maps: Vec<Value> = objects(&ns)
+    let maps: Vec<Value> = objects(&ns, "inet")
         .into_iter()
         .filter_map(|o| o.get("map").cloned())
         .collect();
