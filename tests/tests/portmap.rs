@@ -176,12 +176,12 @@ fn tcp_reaches_the_container_by_every_path() {
         tcp_fetch(&c2, &format!("{gw}:8080")).as_deref(),
         Some("from c1")
     );
-    // IPv6, from the other machine. Measured on this kernel: until the
-    // container has sent an IPv6 packet, the host's neighbour solicitation for
-    // it goes unanswered, so the very first inbound IPv6 connection fails
-    // (not specific to portmap; not cured by ndisc_notify, by disabling
-    // multicast snooping or by bringing the link up before the address; the
-    // cause is not pinned down yet). Let the container speak first.
+    // IPv6, from the other machine. Measured here: the first IPv6 SYN that
+    // is DNATed to a container which has not sent any IPv6 packet yet is
+    // lost (a shell reproduction connects on the 1 s retransmit; this 2 s
+    // client does not). Plain forwarding and the host's own traffic are not
+    // affected, and host-side neighbour pre-resolution does not help. Cause
+    // not found yet: let the container speak first.
     assert!(c1.ping(&format!("fd21:{}::1", w.n)));
     assert_eq!(
         tcp_fetch(&w.client, &format!("[{H_LAN6}]:8080")).as_deref(),
