@@ -91,7 +91,9 @@ fn error_code(payload: &[u8]) -> std::result::Result<i32, String> {
         .ok_or_else(|| "short NLMSG_ERROR".to_owned())
 }
 
-/// The attributes of an nf_tables message: its payload after `nfgenmsg`.
+/// The attributes of an nf_tables message: its payload after `nfgenmsg`
+/// (the tests read raw messages with it; replies come through the sockets).
+#[cfg(test)]
 pub fn nft_attrs(payload: &[u8]) -> Attrs<'_> {
     Attrs(payload.get(4..).unwrap_or_default())
 }
@@ -247,21 +249,6 @@ pub fn set_elem_owner(attrs: Attrs<'_>) -> (Option<&str>, Option<&str>) {
     )
 }
 
-/// An nf_tables request: header, `nfgenmsg` and attributes.
-fn request(msg_type: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 4 + attrs.len();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg_type).to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    // nfgenmsg: family, version (NFNETLINK_V0), res_id (big endian)
-    buf.extend_from_slice(&[family, 0, 0, 0]);
-    buf.extend_from_slice(attrs);
-    buf
-}
-
 /// A reply to a GET: its nf_tables message type and attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -398,6 +385,7 @@ impl NfSocket {
         Ok(Err(io::Error::from_raw_os_error(nix::libc::EINTR)))
     }
 
+    /// One nf_tables request, its replies kept.
     fn exchange(
         &mut self,
         family: u8,
@@ -405,54 +393,25 @@ impl NfSocket {
         flags: u16,
         attrs: &[u8],
     ) -> Result<Exchange> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut interrupted = false;
-        let buf = request(msg_type, flags, self.seq, family, attrs);
-        self.socket.send(&buf, 0).map_err(|e| self.io(e))?;
         let mut replies = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full().map_err(|e| self.io(e))?;
-            let msgs = messages(&data).map_err(|d| self.decode(d))?;
-            if msgs.is_empty() {
-                return Err(self.decode("empty datagram".to_owned()));
-            }
-            for m in msgs {
-                if m.seq != self.seq {
-                    continue; // a late reply to an earlier request
-                }
-                if m.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match m.msg_type {
-                    NLMSG_ERROR => {
-                        let code = error_code(m.payload).map_err(|d| self.decode(d))?;
-                        let error = (code != 0).then(|| io::Error::from_raw_os_error(-code));
-                        return Ok(Exchange {
-                            replies,
-                            error,
-                            interrupted,
-                        });
-                    }
-                    NLMSG_DONE => {
-                        // A dump that failed part way ends with its errno here.
-                        let code = error_code(m.payload).unwrap_or(0);
-                        let error = (code < 0).then(|| io::Error::from_raw_os_error(-code));
-                        return Ok(Exchange {
-                            replies,
-                            error,
-                            interrupted,
-                        });
-                    }
-                    t if t >> 8 == NFNL_SUBSYS_NFTABLES => {
-                        replies.push(Reply {
-                            msg_type: t & 0xff,
-                            attrs: nft_attrs(m.payload).0.to_vec(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let (error, interrupted) = self.subsys_exchange(
+            NFNL_SUBSYS_NFTABLES as u8,
+            family,
+            msg_type as u8,
+            flags,
+            attrs,
+            |m| {
+                replies.push(Reply {
+                    msg_type: u16::from(m.msg_type),
+                    attrs: m.attrs.to_vec(),
+                })
+            },
+        )?;
+        Ok(Exchange {
+            replies,
+            error,
+            interrupted,
+        })
     }
 }
 
@@ -681,8 +640,9 @@ mod tests {
     fn requests_carry_the_nftables_subsystem_and_family() {
         let mut attrs = Vec::new();
         put_attr(&mut attrs, 1, &strz("cni-rs"));
-        let buf = request(
-            NFT_MSG_GETCHAIN,
+        let buf = subsys_request(
+            NFNL_SUBSYS_NFTABLES as u8,
+            NFT_MSG_GETCHAIN as u8,
             NLM_F_REQUEST | NLM_F_ACK,
             3,
             nix::libc::NFPROTO_INET as u8,
