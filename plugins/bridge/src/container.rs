@@ -1,6 +1,6 @@
 //! The container side: the interface's sysctls, addresses, state and routes.
 
-use cni_kernel::{KernelError, Link, Netns, RouteSpec, sysctl};
+use cni_kernel::{KernelError, Link, Netlink, Netns, RouteSpec, sysctl};
 use cni_types::{IpConfig, Route};
 
 use crate::error::Result;
@@ -14,8 +14,9 @@ pub struct Setup<'a> {
     pub up: bool,
 }
 
-/// Configure the container interface and return it as it ends up.
-pub fn configure(netns: &Netns, s: &Setup) -> Result<Link> {
+/// Configure the container interface through `nl`, a socket already open in
+/// `netns`, and return it (its MAC and MTU were fixed when it was created).
+pub fn configure(netns: &Netns, nl: &mut Netlink, s: &Setup) -> Result<Link> {
     let if_ = s.ifname;
     let has_v6 = s.ips.iter().any(|i| i.address.is_ipv6());
     netns.run(|| -> Result<(), KernelError> {
@@ -31,7 +32,6 @@ pub fn configure(netns: &Netns, s: &Setup) -> Result<Link> {
         }
         Ok(())
     })??;
-    let mut nl = netns.netlink()?;
     let link = nl.require_link(if_)?;
     for ip in s.ips {
         nl.add_address(link.index, ip.address)?;
@@ -42,7 +42,7 @@ pub fn configure(netns: &Netns, s: &Setup) -> Result<Link> {
     for r in s.routes {
         nl.add_route(&route_spec(r, s.ips, link.index))?;
     }
-    Ok(nl.require_link(if_)?)
+    Ok(link)
 }
 
 /// A result route as installed: without a gateway it goes via the gateway of

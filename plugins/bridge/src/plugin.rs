@@ -101,7 +101,8 @@ fn add_steps(
 ) -> Result<CniResult> {
     let ifname = &req.env.ifname;
     let br = host::ensure_bridge(nl, conf)?;
-    if netns.netlink()?.link_by_name(ifname)?.is_some() {
+    let mut cnl = netns.netlink()?;
+    if cnl.link_by_name(ifname)?.is_some() {
         return Err(BridgeError::InterfaceExists(ifname.clone()));
     }
     let veth = host::create_veth(nl, netns, conf, ifname)?;
@@ -135,6 +136,7 @@ fn add_steps(
 
     let cont = container::configure(
         netns,
+        &mut cnl,
         &Setup {
             ifname,
             ips: &result.ips,
@@ -158,9 +160,9 @@ fn add_steps(
         masquerade::add(&owner(conf, req), &addrs)?;
     }
 
-    // Read back what the kernel holds now (MACs, MTUs).
+    // The bridge's MTU follows its smallest port: read it back. The veth's
+    // MAC and MTU were fixed when it was created.
     let br = nl.link_by_index(br.index)?.unwrap_or(br);
-    let veth = nl.link_by_index(veth.index)?.unwrap_or(veth);
     result.interfaces = vec![
         interface(&br, None),
         interface(&veth, None),
