@@ -555,17 +555,18 @@ impl ChainKind {
     /// flushed behind our back, so the keys of some elements are lost),
     /// every element jumping to it is found in the maps and deleted too.
     pub fn delete(&self, owner: &NftOwner, op: &'static str) -> Result<()> {
-        self.delete_with(owner, op, |_, _, _| Ok(()))
+        self.delete_with(owner, op, |_, _, _, _| Ok(()))
     }
 
     /// [`Self::delete`], with `extra` adding more to the same batch on each
-    /// attempt, given the rules the owner's chain holds (none for a chain
-    /// of the old layout).
+    /// attempt, given the rules the owner's chain holds and whether it is a
+    /// chain of the old layout (then only to read them: deleting the chain
+    /// is all there is to do).
     pub fn delete_with(
         &self,
         owner: &NftOwner,
         op: &'static str,
-        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply]) -> Result<()>,
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply], bool) -> Result<()>,
     ) -> Result<()> {
         // An owner `replace` refuses never had a chain; its name could even
         // be another owner's, so touch nothing.
@@ -600,9 +601,7 @@ impl ChainKind {
                     self.delete_own_element(&mut batch, key, &cname);
                 }
             }
-            if !current.legacy {
-                extra(&mut socket, &mut batch, &current.rules)?;
-            }
+            extra(&mut socket, &mut batch, &current.rules, current.legacy)?;
             batch.add(&Rule::new(&chain), MsgType::Del);
             batch.add(&chain, MsgType::Del);
             let source = match commit(&mut socket, op, &name, batch) {

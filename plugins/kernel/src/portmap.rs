@@ -1033,7 +1033,7 @@ fn mapping_rules<'a>(chain: &'a Chain<'a>, s: &Setup, m: &Mapping, comment: &str
 pub fn add(s: &Setup) -> Result<(), KernelError> {
     let mappings = plan(s)?;
     if mappings.is_empty() {
-        return del(&s.owner);
+        return del(&s.owner).map(|_| ());
     }
     let conds = |m: &Mapping| {
         if m.container_ip.is_ipv4() {
@@ -1145,11 +1145,21 @@ fn record_comment(owner: &NftOwner) -> String {
 /// Remove the owner's map elements and chain in one transaction; the keys
 /// are recovered from the owner's chain, so no mapping needs to be known.
 /// Elements of ports now mapped to another owner's chain or container are
-/// left alone. Nothing to remove (no chain, no table) is success.
-pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
+/// left alone. Nothing to remove (no chain, no table) is success. Returns
+/// the mappings removed (from the owner's record), e.g. to flush their
+/// conntrack entries.
+pub fn del(owner: &NftOwner) -> Result<Vec<Mapping>, KernelError> {
     let op = "delete portmap";
     let udata = elem_comment(&KIND.comment(owner));
-    KIND.delete_with(owner, op, |socket, batch, rules| {
+    let mut removed = Vec::new();
+    KIND.delete_with(owner, op, |socket, batch, rules, legacy| {
+        // Called once per attempt: report what the last attempt removed.
+        removed.clear();
+        if legacy {
+            // A chain of the earlier layout: deleting it is all there is.
+            removed.extend(rules.iter().filter_map(|r| mapping_of(r.attrs())));
+            return Ok(());
+        }
         if rules.is_empty() {
             // The record was flushed behind our back: find the elements by
             // their comment.
@@ -1163,9 +1173,11 @@ pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
         }
         for m in record_mappings(rules) {
             remove_mapping(socket, batch, &m, op)?;
+            removed.push(m);
         }
         Ok(())
-    })
+    })?;
+    Ok(removed)
 }
 
 /// The mappings the owner's chain installs and that its map elements still

@@ -119,10 +119,8 @@ fn flush_udp(mappings: &[Mapping]) {
 /// the namespace is needed. Stale UDP conntrack entries go too.
 fn del(req: &Request) -> Result<()> {
     let conf = PortMapConf::load(req)?;
-    let o = owner(&conf, req);
-    let had = portmap::installed(&o)?.unwrap_or_default();
-    portmap::del(&o)?;
-    flush_udp(&had);
+    let removed = portmap::del(&owner(&conf, req))?;
+    flush_udp(&removed);
     Ok(())
 }
 
@@ -161,9 +159,8 @@ fn gc(req: &Request) -> Result<()> {
             container_id: &id,
             ifname: &ifname,
         };
-        let gone = portmap::installed(&o).ok().flatten().unwrap_or_default();
         match portmap::del(&o) {
-            Ok(()) => flush_udp(&gone),
+            Ok(removed) => flush_udp(&removed),
             Err(e) => {
                 first.get_or_insert(PortmapError::from(e));
             }
