@@ -14,6 +14,9 @@ packages=(
   iptables      # coexistence tests write kube-proxy/Docker-style rules; the reference portmap needs it
   curl          # the demo fetches a page through a mapped port
   containernetworking-plugins  # the Go reference plugins: peers in tests, baseline in benchmarks
+  podman runc   # the podman end-to-end test (CNI backend; runc because crun 1.8 refuses hybrid cgroups)
+  containerd    # the containerd end-to-end test (containerd + ctr)
+  busybox-static  # the offline image both runtimes run
 )
 
 missing=()

@@ -6,6 +6,7 @@
 //! the machine's root network namespace.
 
 pub mod nft;
+pub mod runtime;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

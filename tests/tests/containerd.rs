@@ -1,0 +1,278 @@
+//! containerd (1.6, `ctr run --cni`) runs containers on our plugins with
+//! containerd's documented default network, `conf/10-containerd-net.conflist`
+//! (dual stack, promiscuous bridge, port mappings), our plugins installed in
+//! /opt/cni/bin, and everything in a sandbox (a throwaway host network
+//! namespace and a private mount namespace).
+//!
+//! ctr passes the netns as `/proc/<pid>/ns/net` on ADD, and calls DEL with
+//! an empty `CNI_NETNS` after the task has exited: that DEL alone must
+//! release the addresses and remove the rules.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use cni_tests::nft::{chain_names, objects};
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox};
+use cni_tests::{reservations_in, wait_for};
+use serde_json::Value;
+
+const NET: &str = "containerd-net";
+const BRIDGE: &str = "cni0";
+const STORE: &str = "/var/lib/cni/networks/containerd-net";
+
+struct Containerd {
+    sb: Sandbox,
+}
+
+impl Containerd {
+    /// A sandbox with our plugins installed, containerd's default network
+    /// as the only file in /etc/cni/net.d, a containerd of its own running,
+    /// and the busybox image imported.
+    fn new() -> Containerd {
+        let mut sb = Sandbox::new("ctrd");
+        let t = sb.dir.path().join("containerd");
+        std::fs::create_dir_all(&t).unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{t}/root"
+state = "{t}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{t}/containerd.sock"
+[ttrpc]
+  address = "{t}/containerd.sock.ttrpc"
+[debug]
+  address = "{t}/debug.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{t}/opt"
+"#,
+            t = t.display()
+        );
+        std::fs::write(t.join("config.toml"), config).unwrap();
+        let from = sb.install_plugins();
+        eprintln!("plugins from {from}");
+        // Alone in the directory: ctr takes the lexically first file.
+        sb.must("sh", &["-c", "rm -f /etc/cni/net.d/*"]);
+        sb.write(
+            "/etc/cni/net.d/10-containerd-net.conflist",
+            &std::fs::read_to_string(conf_file("10-containerd-net.conflist")).unwrap(),
+        );
+        let cfg = t.join("config.toml");
+        sb.spawn(
+            "containerd",
+            &["--config", cfg.to_str().unwrap()],
+            "containerd.log",
+        );
+        let c = Containerd { sb };
+        // containerd answers once its plugins are loaded.
+        let up = (0..4).any(|_| wait_for(|| c.ctr(&["version"]).status.success()));
+        assert!(
+            up,
+            "containerd did not start: {}",
+            c.sb.log("containerd.log")
+        );
+        let archive = c.sb.oci_archive();
+        c.ok(&["image", "import", archive.to_str().unwrap()]);
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.sb.dir.path().join("containerd/containerd.sock")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        // The sandbox's tag as the containerd namespace also names the
+        // containers' cgroups (/<namespace>/<id>), for clean-up.
+        let mut c = self.sb.command("ctr");
+        c.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", &self.sb.tag])
+            .args(args);
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("ctr")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr run --rm --cni` in the foreground (the only way ctr calls DEL),
+    /// as a process of the sandbox; its handle.
+    fn run(&mut self, id: &str, argv: &[&str]) -> usize {
+        let sock = self.socket();
+        let mut args = vec![
+            "--address",
+            sock.to_str().unwrap(),
+            "--namespace",
+            &self.sb.tag,
+            "run",
+            "--rm",
+            "--cni",
+            IMAGE,
+            id,
+        ];
+        args.extend_from_slice(argv);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sb.spawn("ctr", &args, &format!("{id}.log"))
+    }
+
+    /// The PID of a running task.
+    fn task_pid(&self, id: &str) -> Option<u32> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[0] == id && f[2] == "RUNNING").then(|| f[1].parse().ok())?
+        })
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Best effort before the sandbox kills the daemon and what is left.
+        for l in String::from_utf8_lossy(&self.ctr(&["task", "ls", "-q"]).stdout).lines() {
+            let _ = self.ctr(&["task", "kill", "-s", "KILL", l.trim()]);
+        }
+    }
+}
+
+fn conf_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../conf")
+        .join(name)
+}
+
+/// An HTTP GET with curl from inside the sandbox's host namespace.
+fn http_get(sb: &Sandbox, url: &str) -> Option<String> {
+    let out = sb.host.exec(&["curl", "-sS", "-g", "--max-time", "1", url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn bridge_ports(sb: &Sandbox) -> Vec<Value> {
+    sb.host
+        .ip_json(&["link", "show", "master", BRIDGE])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn map_elements(sb: &Sandbox, map: &str) -> usize {
+    objects(&sb.host, "inet")
+        .iter()
+        .filter(|o| o["map"]["name"] == map)
+        .map(|o| o["map"]["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
+    let mut c = Containerd::new();
+    let store = c.sb.changed(STORE);
+
+    let web = c.run("web", &["httpd", "-f", "-p", "80", "-h", "/www"]);
+    assert!(
+        wait_for(|| reservations_in(&store).len() == 2),
+        "no addresses for the container: {}",
+        c.sb.log("web.log")
+    );
+    let held = reservations_in(&store);
+    let addr = |v4: bool| -> String {
+        held.iter()
+            .map(|(ip, _)| ip.parse::<IpAddr>().unwrap())
+            .find(|ip| ip.is_ipv4() == v4)
+            .unwrap()
+            .to_string()
+    };
+    let (ip4, ip6) = (addr(true), addr(false));
+    assert!(ip4.starts_with("10.88."), "{held:?}");
+    assert!(ip6.starts_with("2001:db8:4860::"), "{held:?}");
+    // Both reservations name the same attachment: CNI_CONTAINERID and eth0.
+    let owner = held[0].1.clone();
+    assert!(held.iter().all(|(_, o)| *o == owner), "{held:?}");
+    let (cid, ifname) = owner.split_once("\r\n").unwrap();
+    assert_eq!(ifname, "eth0");
+
+    // Kernel state in the host namespace: a promiscuous bridge holding
+    // both gateways, one port, and our masquerade chain for the container.
+    let sb = &c.sb;
+    let bridge_addrs = sb.host.addrs(BRIDGE);
+    assert!(
+        bridge_addrs.contains(&"10.88.0.1/16".to_owned()),
+        "{bridge_addrs:?}"
+    );
+    assert!(
+        bridge_addrs.contains(&"2001:db8:4860::1/64".to_owned()),
+        "{bridge_addrs:?}"
+    );
+    assert!(sb.host.link_flags(BRIDGE).contains(&"PROMISC".to_owned()));
+    assert_eq!(bridge_ports(sb).len(), 1);
+    let masq = chain_names(&objects(&sb.host, "inet"), &format!("masq/{NET}/{cid}/"));
+    assert_eq!(masq.len(), 1, "{masq:?}");
+
+    // Inside the task's namespace (ctr gave the plugins /proc/<pid>/ns/net):
+    // both addresses and both default routes.
+    let pid = c.task_pid("web").expect("web is running");
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let addrs = cni_tests::must("nsenter", &[&netns, "ip", "addr", "show", "eth0"]);
+    assert!(addrs.contains(&format!("inet {ip4}/16")), "{addrs}");
+    assert!(addrs.contains(&format!("inet6 {ip6}/64")), "{addrs}");
+    let r4 = cni_tests::must("nsenter", &[&netns, "ip", "-4", "route"]);
+    let r6 = cni_tests::must("nsenter", &[&netns, "ip", "-6", "route"]);
+    assert!(r4.contains("default via 10.88.0.1"), "{r4}");
+    assert!(r6.contains("default via 2001:db8:4860::1"), "{r6}");
+
+    // The page over both families from the host namespace.
+    for url in [format!("http://{ip4}/"), format!("http://[{ip6}]/")] {
+        assert!(
+            wait_for(|| http_get(sb, &url).as_deref() == Some(PAGE)),
+            "no page from {url}"
+        );
+    }
+
+    // A second container fetches the page from the first over IPv6, exits,
+    // and its DEL (empty CNI_NETNS) releases its addresses.
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip6} 80");
+    let client = c.run("client", &["sh", "-c", &script]);
+    let status = c.sb.wait_exit(client).expect("the client ended");
+    let out = c.sb.log("client.log");
+    assert!(status.success() && out.ends_with(PAGE), "{status}: {out}");
+    let sb = &c.sb;
+    assert_eq!(
+        reservations_in(&store),
+        held,
+        "the client's addresses stayed"
+    );
+    assert_eq!(bridge_ports(sb).len(), 1);
+
+    // Kill the web task: ctr calls DEL with an empty netns, which must find
+    // and remove everything by the attachment's identity alone.
+    c.ok(&["task", "kill", "-s", "KILL", "web"]);
+    let status = c.sb.wait_exit(web).expect("ctr run ended");
+    assert!(!status.success(), "killed task: {status}");
+    let sb = &c.sb;
+    assert!(
+        reservations_in(&store).is_empty(),
+        "{:?}",
+        reservations_in(&store)
+    );
+    assert!(bridge_ports(sb).is_empty());
+    let objs = objects(&sb.host, "inet");
+    assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
+    assert_eq!(map_elements(sb, "masq4") + map_elements(sb, "masq6"), 0);
+    // The bridge stays, as with the reference plugins.
+    assert!(sb.host.link_names().contains(&BRIDGE.to_owned()));
+    assert!(c.ok(&["container", "ls", "-q"]).trim().is_empty());
+}

@@ -1,0 +1,272 @@
+//! podman (4.x, CNI backend) runs containers on our plugins: the network is
+//! podman's own default, `conf/87-podman-bridge.conflist`, our plugins are
+//! the only ones in its plugin path, and everything runs in a sandbox (a
+//! throwaway host network namespace and a private mount namespace).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use cni_tests::nft::objects;
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox};
+use cni_tests::{reservations_in, wait_for};
+use serde_json::Value;
+
+const NET: &str = "podman";
+const BRIDGE: &str = "cni-podman0";
+const STORE: &str = "/var/lib/cni/networks/podman";
+
+struct Podman {
+    sb: Sandbox,
+}
+
+impl Podman {
+    /// A sandbox with our plugins installed, podman's default network
+    /// rewritten for them, and the busybox image imported.
+    fn new() -> Podman {
+        let sb = Sandbox::new("podman");
+        let t = sb.dir.path().to_path_buf();
+        for d in ["storage", "runroot", "tmp", "vartmp"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        // What podman needs on these machines (no systemd, hybrid cgroups,
+        // low hard limits) plus the CNI backend with only our plugins.
+        let conf = format!(
+            r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{t}/events.log"
+runtime = "runc"
+tmp_dir = "{t}/tmp"
+lock_type = "file"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["/opt/cni/bin"]
+network_config_dir = "/etc/cni/net.d"
+"#,
+            t = t.display()
+        );
+        std::fs::write(t.join("containers.conf"), conf).unwrap();
+        let from = sb.install_plugins();
+        eprintln!("plugins from {from}");
+        // Replaces the stock file (which names the reference's firewall and
+        // tuning plugins) in the sandbox's /etc.
+        sb.write(
+            "/etc/cni/net.d/87-podman-bridge.conflist",
+            &std::fs::read_to_string(conf_file("87-podman-bridge.conflist")).unwrap(),
+        );
+        let p = Podman { sb };
+        let tar = p.sb.rootfs_tar();
+        p.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            tar.to_str().unwrap(),
+            IMAGE,
+        ]);
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let t = self.sb.dir.path();
+        let mut c = self.sb.command("podman");
+        c.env("CONTAINERS_CONF", t.join("containers.conf"))
+            .env("TMPDIR", t.join("vartmp"))
+            .arg("--root")
+            .arg(t.join("storage"))
+            .arg("--runroot")
+            .arg(t.join("runroot"))
+            .args(["--storage-driver", "overlay"])
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("podman")
+    }
+
+    /// podman ARGS, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cgroup_parent(&self) -> String {
+        format!("/{}", self.sb.tag)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // Let podman tear down what it still holds (CNI DEL included) before
+        // the sandbox kills whatever is left.
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+    }
+}
+
+fn conf_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../conf")
+        .join(name)
+}
+
+/// An HTTP GET with curl from inside the sandbox's host namespace.
+fn http_get(sb: &Sandbox, url: &str) -> Option<String> {
+    let out = sb.host.exec(&["curl", "-sS", "-g", "--max-time", "1", url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Host ends of the veths enslaved to the bridge.
+fn bridge_ports(sb: &Sandbox) -> Vec<Value> {
+    sb.host
+        .ip_json(&["-d", "link", "show", "master", BRIDGE])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn chains_of(sb: &Sandbox, kind: &str, id: &str) -> Vec<String> {
+    let prefix = format!("{kind}/{NET}/{id}/");
+    cni_tests::nft::chain_names(&objects(&sb.host, "inet"), &prefix)
+}
+
+fn map_elements(sb: &Sandbox, map: &str) -> usize {
+    objects(&sb.host, "inet")
+        .iter()
+        .filter(|o| o["map"]["name"] == map)
+        .map(|o| o["map"]["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
+    let p = Podman::new();
+    let sb = &p.sb;
+    let store = sb.changed(STORE);
+
+    // podman validates every plugin of the network (VERSION) when it lists
+    // networks: ours must be found and accepted.
+    let out = p.run(&["network", "ls", "--format", "{{.Name}}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "network ls: {err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == NET)
+    );
+    assert!(!err.contains("plugin"), "podman complains: {err}");
+
+    let name = format!("web-{}", sb.tag);
+    let cgroup = p.cgroup_parent();
+    let id = p
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--cgroup-parent",
+            &cgroup,
+            "-p",
+            "8080:80",
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 64, "container id: {id}");
+    let ip = p
+        .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
+        .trim()
+        .to_owned();
+    assert!(ip.starts_with("10.88."), "address {ip}");
+
+    // Kernel state in the host namespace: the bridge with the gateway, one
+    // port with hairpin mode, our masquerade and port-mapping chains.
+    assert_eq!(sb.host.addrs(BRIDGE)[0], "10.88.0.1/16");
+    let ports = bridge_ports(sb);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["linkinfo"]["info_slave_data"]["hairpin"], true);
+    assert_eq!(chains_of(sb, "masq", &id).len(), 1);
+    assert_eq!(chains_of(sb, "pm", &id).len(), 1);
+    assert_eq!(map_elements(sb, "pm4-any"), 1);
+    // host-local's store, with our owner index beside the reference layout.
+    let held = reservations_in(&store);
+    assert_eq!(held, vec![(ip.clone(), format!("{id}\r\neth0"))]);
+    assert!(
+        store
+            .join(".cnirs/owners")
+            .join(format!("{id}:eth0"))
+            .is_dir()
+    );
+    // Inside the container: the address and the default route.
+    let inside = p.ok(&["exec", &name, "ip", "-4", "addr", "show", "eth0"]);
+    assert!(inside.contains(&format!("inet {ip}/16")), "{inside}");
+    let routes = p.ok(&["exec", &name, "ip", "route"]);
+    assert!(routes.contains("default via 10.88.0.1"), "{routes}");
+
+    // The page, straight and through the mapped port on the host's address.
+    let direct = format!("http://{ip}:80/");
+    assert!(
+        wait_for(|| http_get(sb, &direct).as_deref() == Some(PAGE)),
+        "no page from {direct}"
+    );
+    assert_eq!(
+        http_get(sb, "http://10.88.0.1:8080/").as_deref(),
+        Some(PAGE)
+    );
+
+    // A second container with an address it asks for (podman passes
+    // CNI_ARGS IP=...) fetches the page through the mapped port, then
+    // `run --rm` releases its address.
+    let client = p.ok(&[
+        "run",
+        "--rm",
+        "--cgroup-parent",
+        &cgroup,
+        "--ip",
+        "10.88.0.77",
+        IMAGE,
+        "sh",
+        "-c",
+        // busybox's wget needs glibc's NSS at run time, absent here; nc not.
+        "ip -4 addr show eth0; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.88.0.1 8080",
+    ]);
+    assert!(client.contains("inet 10.88.0.77/16"), "{client}");
+    assert!(client.ends_with(PAGE), "{client}");
+    assert!(
+        wait_for(|| reservations_in(&store).len() == 1 && bridge_ports(sb).len() == 1),
+        "the client's address or veth outlived it: {:?}",
+        reservations_in(&store)
+    );
+
+    // podman rm -f: CNI DEL (with prevResult and the port mappings) removes
+    // everything the ADD made.
+    p.ok(&["rm", "-f", "-t", "0", &name]);
+    assert!(bridge_ports(sb).is_empty(), "{:?}", bridge_ports(sb));
+    assert!(reservations_in(&store).is_empty());
+    assert!(chains_of(sb, "masq", &id).is_empty());
+    assert!(chains_of(sb, "pm", &id).is_empty());
+    assert_eq!(map_elements(sb, "pm4-any"), 0);
+    assert_eq!(map_elements(sb, "masq4"), 0);
+    assert!(http_get(sb, "http://10.88.0.1:8080/").is_none());
+    let cache = sb.changed("/var/lib/cni/results");
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "libcni cache left: {cached:?}");
+}
