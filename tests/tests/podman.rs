@@ -1,7 +1,10 @@
-//! podman (4.x, CNI backend) runs containers on our plugins: the network is
-//! podman's own default, `conf/87-podman-bridge.conflist`, our plugins are
-//! the only ones in its plugin path, and everything runs in a sandbox (a
-//! throwaway host network namespace and a private mount namespace).
+//! podman (4.x, CNI backend) runs containers on our plugins, in a sandbox (a
+//! throwaway host network namespace and a private mount namespace):
+//! - with podman's default network rewritten for us,
+//!   `conf/87-podman-bridge.conflist`, and only our plugins in its path;
+//! - with Debian's stock file unchanged, our plugins first in the path and
+//!   the reference `firewall` and `tuning` (which cni-rs does not provide)
+//!   found after them.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -14,22 +17,42 @@ use serde_json::Value;
 const NET: &str = "podman";
 const BRIDGE: &str = "cni-podman0";
 const STORE: &str = "/var/lib/cni/networks/podman";
+/// Where podman's CNI backend reads its default network (the package
+/// installs it there).
+const STOCK: &str = "/etc/cni/net.d/87-podman-bridge.conflist";
+
+/// Where Debian's reference plugins are.
+const REFERENCE: &str = "/usr/lib/cni";
+
+/// Which `87-podman-bridge.conflist` podman gets.
+#[derive(PartialEq)]
+enum Network {
+    /// Ours from conf/, with only our plugins in podman's path.
+    Ours,
+    /// The one the podman package installed, unchanged; plugins from our
+    /// directory first, then the reference's.
+    Stock,
+}
 
 struct Podman {
     sb: Sandbox,
 }
 
 impl Podman {
-    /// A sandbox with our plugins installed, podman's default network
-    /// rewritten for them, and the busybox image imported.
-    fn new() -> Podman {
+    /// A sandbox with our plugins installed, podman's default network,
+    /// and the busybox image imported.
+    fn new(network: Network) -> Podman {
         let sb = Sandbox::new("podman");
         let t = sb.dir.path().to_path_buf();
         for d in ["storage", "runroot", "tmp", "vartmp"] {
             std::fs::create_dir_all(t.join(d)).unwrap();
         }
+        let plugin_dirs = match network {
+            Network::Ours => r#""/opt/cni/bin""#.to_owned(),
+            Network::Stock => format!(r#""/opt/cni/bin", "{REFERENCE}""#),
+        };
         // What podman needs on these machines (no systemd, hybrid cgroups,
-        // low hard limits) plus the CNI backend with only our plugins.
+        // low hard limits) plus the CNI backend.
         let conf = format!(
             r#"[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
@@ -43,7 +66,7 @@ tmp_dir = "{t}/tmp"
 lock_type = "file"
 [network]
 network_backend = "cni"
-cni_plugin_dirs = ["/opt/cni/bin"]
+cni_plugin_dirs = [{plugin_dirs}]
 network_config_dir = "/etc/cni/net.d"
 "#,
             t = t.display()
@@ -51,12 +74,18 @@ network_config_dir = "/etc/cni/net.d"
         std::fs::write(t.join("containers.conf"), conf).unwrap();
         let from = sb.install_plugins();
         eprintln!("plugins from {from}");
-        // Replaces the stock file (which names the reference's firewall and
-        // tuning plugins) in the sandbox's /etc.
-        sb.write(
-            "/etc/cni/net.d/87-podman-bridge.conflist",
-            &std::fs::read_to_string(conf_file("87-podman-bridge.conflist")).unwrap(),
-        );
+        let stock = std::path::Path::new(STOCK);
+        match network {
+            // Replaces the stock file in the sandbox's /etc.
+            Network::Ours => sb.write(
+                STOCK,
+                &std::fs::read_to_string(conf_file("87-podman-bridge.conflist")).unwrap(),
+            ),
+            Network::Stock => assert!(
+                stock.is_file() && std::path::Path::new(REFERENCE).join("firewall").is_file(),
+                "{STOCK} or the reference plugins are missing: make test installs podman and containernetworking-plugins"
+            ),
+        }
         let p = Podman { sb };
         let tar = p.sb.rootfs_tar();
         p.ok(&[
@@ -150,7 +179,7 @@ fn map_elements(sb: &Sandbox, map: &str) -> usize {
 
 #[test]
 fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
-    let p = Podman::new();
+    let p = Podman::new(Network::Ours);
     let sb = &p.sb;
     let store = sb.changed(STORE);
 
@@ -269,4 +298,74 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(cached.is_empty(), "libcni cache left: {cached:?}");
+}
+
+/// The reference firewall plugin's rules, as `iptables -S CNI-FORWARD`
+/// prints them in the host namespace (empty if there is no such chain).
+fn firewall_rules(sb: &Sandbox) -> String {
+    let out = sb.host.exec(&["iptables", "-S", "CNI-FORWARD"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
+    let p = Podman::new(Network::Stock);
+    let sb = &p.sb;
+    let store = sb.changed(STORE);
+    assert!(
+        !sb.changed(STOCK).exists(),
+        "the sandbox must use the stock file as the package installed it"
+    );
+
+    let name = format!("web-{}", sb.tag);
+    let id = p
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--cgroup-parent",
+            &p.cgroup_parent(),
+            "-p",
+            "8080:80",
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .trim()
+        .to_owned();
+    let ip = reservations_in(&store)
+        .first()
+        .map(|(ip, _)| ip.clone())
+        .expect("a reservation in our store layout");
+
+    // Ours did bridge, host-local and portmap (nftables, our owner index);
+    // the reference firewall, chained after, accepted the container.
+    assert_eq!(chains_of(sb, "masq", &id).len(), 1);
+    assert_eq!(chains_of(sb, "pm", &id).len(), 1);
+    assert!(
+        store
+            .join(".cnirs/owners")
+            .join(format!("{id}:eth0"))
+            .is_dir()
+    );
+    let accept = format!("-A CNI-FORWARD -s {ip}/32 -j ACCEPT");
+    let rules = firewall_rules(sb);
+    assert!(rules.contains(&accept), "{accept} not in {rules}");
+    assert!(
+        wait_for(|| http_get(sb, "http://10.88.0.1:8080/").as_deref() == Some(PAGE)),
+        "no page through the mapped port"
+    );
+
+    p.ok(&["rm", "-f", "-t", "0", &name]);
+    assert!(bridge_ports(sb).is_empty());
+    assert!(reservations_in(&store).is_empty());
+    assert!(chains_of(sb, "masq", &id).is_empty());
+    assert!(chains_of(sb, "pm", &id).is_empty());
+    assert_eq!(map_elements(sb, "pm4-any"), 0);
+    assert!(!firewall_rules(sb).contains(&ip), "{}", firewall_rules(sb));
 }
