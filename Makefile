@@ -1,10 +1,18 @@
 # cni-rs: the two commands are `make demo` and `make test`.
 # Both need root (they create network namespaces) and install what they need.
+# `make install`, `make install-tools` and `make dist` build in release mode
+# and ship what was built (README.md, "Install").
 
 CARGO ?= cargo
 PREFIX ?= /opt/cni/bin
+BINDIR ?= /usr/local/bin
+DESTDIR ?=
+PLUGINS := bridge host-local loopback portmap
+RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/release
+# dist/cni-rs-linux-<arch>-v<version>.tgz, absolute (scripts/dist.sh names it)
+DIST_TARBALL = $(shell ./scripts/dist.sh --path)
 
-.PHONY: all deps build lint test demo clean
+.PHONY: all deps build release lint test demo install install-tools dist clean
 
 all: build
 
@@ -14,20 +22,43 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
+release:
+	$(CARGO) build --release --locked --workspace --bins
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Everything CI runs: packages, formatting, lints, unit and integration tests
-# (the real binaries in throwaway network namespaces), then a check that
-# nothing was left behind.
-test: deps lint build
+# Everything CI runs: packages, formatting, lints, the release tarball (its
+# runtime libraries checked against the README), unit and integration tests
+# (the real binaries in throwaway network namespaces; tests/tests/dist.rs
+# unpacks the tarball and runs what is in it), then a check that nothing was
+# left behind.
+test: deps lint build dist
 	@[ "$$(id -u)" -eq 0 ] || { echo "make test needs root: the tests create network namespaces" >&2; exit 1; }
-	$(CARGO) test --workspace
+	CNI_RS_DIST=$(abspath $(DIST_TARBALL)) $(CARGO) test --workspace
 	./scripts/leakcheck.sh
 
 demo: deps build
 	./scripts/demo.sh
 
+# Each binary is written beside its final name, then renamed over it: a
+# runtime running a plugin meanwhile never executes a half-written file.
+install: release
+	install -d -m 0755 $(DESTDIR)$(PREFIX)
+	for p in $(PLUGINS); do \
+	  install -m 0755 $(RELEASE_DIR)/$$p $(DESTDIR)$(PREFIX)/.$$p.new && \
+	  mv -f $(DESTDIR)$(PREFIX)/.$$p.new $(DESTDIR)$(PREFIX)/$$p || exit 1; \
+	done
+
+install-tools: release
+	install -d -m 0755 $(DESTDIR)$(BINDIR)
+	install -m 0755 $(RELEASE_DIR)/cni-run $(DESTDIR)$(BINDIR)/.cni-run.new
+	mv -f $(DESTDIR)$(BINDIR)/.cni-run.new $(DESTDIR)$(BINDIR)/cni-run
+
+dist:
+	CARGO=$(CARGO) ./scripts/dist.sh
+
 clean:
 	$(CARGO) clean
+	rm -rf dist

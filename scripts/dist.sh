@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build the release tarball, laid out like the reference plugins' release
+# (cni-plugins-linux-<arch>-v<version>.tgz): the plugin binaries at the top
+# level next to LICENSE, README.md and SHA256SUMS, so that
+# `tar -C /opt/cni/bin -xzf <tarball>` installs them. Next to it go
+# <tarball>.sha256 and <tarball>.sha512, as the reference publishes.
+#
+# Reproducible: names sorted, every mtime SOURCE_DATE_EPOCH (default: the
+# last commit's time), owner and group 0, gzip without name or time. Before
+# packing, checks each binary's runtime libraries against the table in
+# README.md's "## Install" section, so that table cannot go stale.
+#
+#   scripts/dist.sh          build (cargo, release) and write dist/
+#   scripts/dist.sh --path   print the tarball's path; builds nothing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+plugins=(bridge host-local loopback portmap)
+tools=(cni-run) # built and checked, not packed: not a plugin
+out=dist
+
+die() {
+  echo "dist: $*" >&2
+  exit 1
+}
+
+# The workspace version ([workspace.package] in Cargo.toml; the plugins
+# inherit it) and the machine's architecture under Go's names, as in the
+# reference's file names.
+version=$(awk '/^\[/ {s = ($0 == "[workspace.package]")} s && $1 == "version" {gsub(/"/, "", $3); print $3; exit}' Cargo.toml)
+[[ -n $version ]] || die "no version in [workspace.package] of Cargo.toml"
+case $(uname -m) in
+  x86_64) arch=amd64 ;;
+  aarch64 | arm64) arch=arm64 ;;
+  armv7l | armv6l) arch=arm ;;
+  ppc64le) arch=ppc64le ;;
+  s390x) arch=s390x ;;
+  riscv64) arch=riscv64 ;;
+  *) die "unknown architecture $(uname -m)" ;;
+esac
+name=cni-rs-linux-$arch-v$version.tgz
+
+if [[ ${1:-} == --path ]]; then
+  echo "$PWD/$out/$name"
+  exit 0
+fi
+[[ $# -eq 0 ]] || die "usage: $0 [--path]"
+
+"${CARGO:-cargo}" build --release --locked --workspace --bins
+bin=${CARGO_TARGET_DIR:-target}/release
+
+# --- runtime libraries: exactly what README.md says -------------------------
+# README's table has one row per group of binaries: the binaries in the first
+# column, their NEEDED entries (readelf -d) in the second, and what those pull
+# in besides (ldd) in the third, each library in backquotes.
+readme_row() { # binary -> its table row
+  awk -F'|' -v b="\`$1\`" '/^## / {s = ($0 == "## Install")} s && NF > 4 && index($2, b) {print; exit}' README.md
+}
+sonames() { grep -o '`[^`]*`' | tr -d '`' | sort | paste -sd' ' || true; }
+glibc_needed=
+for b in "${plugins[@]}" "${tools[@]}"; do
+  f=$bin/$b
+  [[ -x $f ]] || die "$f not built"
+  readelf -h "$f" >/dev/null || die "$f is not an ELF file"
+  [[ $(readelf -S "$f") != *.symtab* ]] || die "$f is not stripped (profile.release has strip = true)"
+  row=$(readme_row "$b")
+  [[ -n $row ]] || die "README.md's Install section has no library row for \`$b\`"
+  doc_needed=$(cut -d'|' -f3 <<<"$row" | sonames)
+  doc_loaded=$(cut -d'|' -f4 <<<"$row" | sonames)
+  needed=$(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | paste -sd' ' || true)
+  interp=$(readelf -l "$f" | sed -n 's/.*interpreter: \(.*\)\]/\1/p')
+  # ldd: everything loaded, minus the vDSO, the interpreter and the NEEDED ones.
+  loaded=$(ldd "$f" | awk '{print $1}' | grep -v '^linux-vdso' | grep -vxF "${interp:-none}" |
+    grep -vxF -f <(tr ' ' '\n' <<<"$needed") | sort | paste -sd' ' || true)
+  [[ $needed == "$doc_needed" ]] ||
+    die "$b: NEEDED is [$needed], README.md says [$doc_needed]; update the Install section"
+  [[ $loaded == "$doc_loaded" ]] ||
+    die "$b: also loads [$loaded], README.md says [$doc_loaded]; update the Install section"
+  [[ $(ldd "$f") != *"not found"* ]] || die "$b: $(ldd "$f" | grep 'not found')"
+  v=$(objdump -T "$f" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  glibc_needed=$(printf '%s\n' "$glibc_needed" "$v" | sort -V | tail -1)
+done
+[[ $(tr -s ' \n' '  ' <README.md) == *"glibc $glibc_needed or later"* ]] ||
+  die "the binaries need glibc $glibc_needed: README.md's Install section must say \"glibc $glibc_needed or later\""
+
+# --- the tarball ------------------------------------------------------------
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || true)}
+[[ $epoch =~ ^[0-9]+$ ]] || die "not a git checkout: set SOURCE_DATE_EPOCH"
+
+mkdir -p "$out"
+stage=$(mktemp -d "$out/.stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+for b in "${plugins[@]}"; do install -m 0755 "$bin/$b" "$stage/$b"; done
+install -m 0644 LICENSE README.md "$stage/"
+(cd "$stage" && sha256sum "${plugins[@]}" >SHA256SUMS && chmod 0644 SHA256SUMS)
+
+# Entries ./LICENSE ... ./portmap as in the reference, but no "./" entry
+# for the directory itself: extracting into /opt/cni/bin then leaves that
+# directory's own mode, owner and mtime alone.
+mapfile -t entries < <(cd "$stage" && printf './%s\n' * | LC_ALL=C sort)
+rm -f "$out/$name" "$out/$name.sha256" "$out/$name.sha512"
+tar -C "$stage" --format=gnu --sort=name --mtime="@$epoch" \
+  --owner=0 --group=0 --numeric-owner --no-recursion -cf - "${entries[@]}" |
+  gzip -n -9 >"$out/$name.tmp"
+mv "$out/$name.tmp" "$out/$name"
+(cd "$out" && sha256sum "$name" >"$name.sha256" && sha512sum "$name" >"$name.sha512")
+
+echo "dist: $out/$name ($(stat -c %s "$out/$name") bytes, glibc >= $glibc_needed)" >&2
+sed 's/^/dist:   /' "$out/$name.sha256" >&2
