@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cni_kernel::portmap::{self, Cond, Mapping, NftOwner, Proto, Setup};
 use cni_kernel::{KernelError, sysctl};
 use cni_tests::nft::{self, nets, nft, objects, pairs, root_snapshot, within};
-use cni_tests::{Netns as TestNs, TempDir, cmd};
+use cni_tests::{Netns as TestNs, TempDir, cmd, wait_for};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
@@ -758,14 +758,15 @@ fn topology() -> Topology {
     .unwrap();
     // Resolve the neighbours first: the first packet H forwards over IPv6
     // to a neighbour not yet resolved is lost (a SYN then waits a second
-    // for its retransmission).
+    // for its retransmission). Links that were just set up may take a
+    // moment to carry (seen under load): retry, bounded.
     for (ns, addr) in [
         (&h, "10.66.0.2"),
         (&h, "fd66::2"),
         (&h, "198.51.100.2"),
         (&h, "fd99::2"),
     ] {
-        assert!(ns.ping(addr), "no answer from {addr}");
+        assert!(wait_for(|| ns.ping(addr)), "no answer from {addr}");
     }
     Topology { h, c, x }
 }
