@@ -26,6 +26,23 @@ pub const IMAGE: &str = "localhost/cnirs-busybox:latest";
 /// What `/www/index.html` of [`IMAGE`] holds.
 pub const PAGE: &str = "hello from a cni-rs container\n";
 
+/// Wait for something a runtime does (a daemon answering, a container's
+/// process starting): re-check `cond` every 20 ms for up to 30 s, since a
+/// runtime under load is much slower than the kernel. Returns whether it
+/// held.
+pub fn wait_for_runtime(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub struct Sandbox {
     /// Unique per sandbox; also the cgroup parent/namespace of its
     /// containers, so clean-up can find their processes.

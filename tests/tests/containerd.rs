@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use cni_tests::nft::{chain_names, objects};
-use cni_tests::runtime::{IMAGE, PAGE, Sandbox};
-use cni_tests::{reservations_in, wait_for};
+use cni_tests::reservations_in;
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox, wait_for_runtime};
 use serde_json::Value;
 
 const NET: &str = "containerd-net";
@@ -66,7 +66,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         let c = Containerd { sb };
         // containerd answers once its plugins are loaded.
-        let up = (0..4).any(|_| wait_for(|| c.ctr(&["version"]).status.success()));
+        let up = wait_for_runtime(|| c.ctr(&["version"]).status.success());
         assert!(
             up,
             "containerd did not start: {}",
@@ -184,7 +184,7 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
 
     let web = c.run("web", &["httpd", "-f", "-p", "80", "-h", "/www"]);
     assert!(
-        wait_for(|| reservations_in(&store).len() == 2),
+        wait_for_runtime(|| reservations_in(&store).len() == 2),
         "no addresses for the container: {}",
         c.sb.log("web.log")
     );
@@ -237,7 +237,7 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
     // The page over both families from the host namespace.
     for url in [format!("http://{ip4}/"), format!("http://[{ip6}]/")] {
         assert!(
-            wait_for(|| http_get(sb, &url).as_deref() == Some(PAGE)),
+            wait_for_runtime(|| http_get(sb, &url).as_deref() == Some(PAGE)),
             "no page from {url}"
         );
     }

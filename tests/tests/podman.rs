@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use cni_tests::nft::objects;
-use cni_tests::runtime::{IMAGE, PAGE, Sandbox};
-use cni_tests::{reservations_in, wait_for};
+use cni_tests::reservations_in;
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox, wait_for_runtime};
 use serde_json::Value;
 
 const NET: &str = "podman";
@@ -251,7 +251,7 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     // The page, straight and through the mapped port on the host's address.
     let direct = format!("http://{ip}:80/");
     assert!(
-        wait_for(|| http_get(sb, &direct).as_deref() == Some(PAGE)),
+        wait_for_runtime(|| http_get(sb, &direct).as_deref() == Some(PAGE)),
         "no page from {direct}"
     );
     assert_eq!(
@@ -278,7 +278,7 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     assert!(client.contains("inet 10.88.0.77/16"), "{client}");
     assert!(client.ends_with(PAGE), "{client}");
     assert!(
-        wait_for(|| reservations_in(&store).len() == 1 && bridge_ports(sb).len() == 1),
+        wait_for_runtime(|| reservations_in(&store).len() == 1 && bridge_ports(sb).len() == 1),
         "the client's address or veth outlived it: {:?}",
         reservations_in(&store)
     );
@@ -357,7 +357,7 @@ fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
     let rules = firewall_rules(sb);
     assert!(rules.contains(&accept), "{accept} not in {rules}");
     assert!(
-        wait_for(|| http_get(sb, "http://10.88.0.1:8080/").as_deref() == Some(PAGE)),
+        wait_for_runtime(|| http_get(sb, "http://10.88.0.1:8080/").as_deref() == Some(PAGE)),
         "no page through the mapped port"
     );
 
