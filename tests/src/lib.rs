@@ -25,8 +25,14 @@ pub fn unique(prefix: &str) -> String {
 
 /// Wait for the kernel to reach a state: re-check `cond` every 10 ms for up
 /// to 5 s. Returns whether it held.
-pub fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+pub fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    wait_up_to(std::time::Duration::from_secs(5), cond)
+}
+
+/// Re-check `cond` every 10 ms until it holds or `limit` has passed.
+/// Returns whether it held.
+pub fn wait_up_to(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
     loop {
         if cond() {
             return true;
@@ -36,6 +42,19 @@ pub fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// The stdout of a finished command, which must have succeeded (else panic
+/// with `what` and its output).
+pub fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Run a command; panic with its output if it cannot start.

@@ -105,6 +105,14 @@ pub fn jumps<K: Ord>(objs: &[Value], map: &str, key: impl Fn(&Value) -> K) -> Ve
     elems
 }
 
+/// How many elements map `map` among `objs` holds.
+pub fn map_len(objs: &[Value], map: &str) -> usize {
+    objs.iter()
+        .filter(|o| o["map"]["name"] == map)
+        .map(|o| o["map"]["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
 /// A string key of a verdict map element, for [`jumps`].
 pub fn str_key(v: &Value) -> String {
     v.as_str().unwrap().to_owned()

@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::{Netns, PLUGINS, TempDir, bin_dir, cmd, must, unique, wait_for};
+use crate::{Netns, PLUGINS, TempDir, bin_dir, cmd, must, succeeded, unique, wait_for, wait_up_to};
 
 /// The image every runtime test runs: busybox with a page to serve.
 pub const IMAGE: &str = "localhost/cnirs-busybox:latest";
@@ -27,20 +27,17 @@ pub const IMAGE: &str = "localhost/cnirs-busybox:latest";
 pub const PAGE: &str = "hello from a cni-rs container\n";
 
 /// Wait for something a runtime does (a daemon answering, a container's
-/// process starting): re-check `cond` every 20 ms for up to 30 s, since a
-/// runtime under load is much slower than the kernel. Returns whether it
-/// held.
-pub fn wait_for_runtime(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if cond() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+/// process starting): up to 30 s, since a runtime under load is much slower
+/// than the kernel. Returns whether it held.
+pub fn wait_for_runtime(cond: impl FnMut() -> bool) -> bool {
+    wait_up_to(std::time::Duration::from_secs(30), cond)
+}
+
+/// A file of the repository's conf/ directory.
+pub fn conf_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../conf")
+        .join(name)
 }
 
 pub struct Sandbox {
@@ -116,15 +113,27 @@ impl Sandbox {
 
     /// Run a command inside the sandbox that must succeed; its stdout.
     pub fn must(&self, program: &str, args: &[&str]) -> String {
-        let out = self.run(program, args);
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(self.run(program, args), &format!("{program} {args:?}"))
+    }
+
+    /// An HTTP GET with curl from inside the host namespace; the body, or
+    /// None when it failed.
+    pub fn http_get(&self, url: &str) -> Option<String> {
+        let out = self
+            .host
+            .exec(&["curl", "-sS", "-g", "--max-time", "1", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The host ends of the veths enslaved to `bridge` (`ip -d link`).
+    pub fn bridge_ports(&self, bridge: &str) -> Vec<serde_json::Value> {
+        self.host
+            .ip_json(&["-d", "link", "show", "master", bridge])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Write a file at a path as the sandbox sees it (e.g. /etc/cni/net.d/x).
@@ -209,16 +218,7 @@ impl Sandbox {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
         std::fs::write(root.join("www/index.html"), PAGE).unwrap();
-        must(
-            "tar",
-            &[
-                "-C",
-                root.to_str().unwrap(),
-                "-cf",
-                tar.to_str().unwrap(),
-                ".",
-            ],
-        );
+        tar_dir(&root, &tar);
         tar
     }
 
@@ -281,16 +281,7 @@ impl Sandbox {
         std::fs::write(oci.join("index.json"), index.to_string()).unwrap();
         std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
         let archive = t.join("oci.tar");
-        must(
-            "tar",
-            &[
-                "-C",
-                oci.to_str().unwrap(),
-                "-cf",
-                archive.to_str().unwrap(),
-                ".",
-            ],
-        );
+        tar_dir(&oci, &archive);
         archive
     }
 
@@ -415,6 +406,12 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// `tar -C dir -cf archive .`
+fn tar_dir(dir: &Path, archive: &Path) {
+    let (d, a) = (dir.to_str().unwrap(), archive.to_str().unwrap());
+    must("tar", &["-C", d, "-cf", a, "."]);
 }
 
 impl Drop for Sandbox {

@@ -26,13 +26,7 @@ fn cni_run(cache: &TempDir, args: &[&str], extra: &[(&str, &str)]) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "cni-run failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cni_tests::succeeded(out.clone(), "cni-run")
 }
 
 fn cache_files(cache: &TempDir) -> Vec<String> {

@@ -12,10 +12,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use cni_tests::nft::map_len;
 use cni_tests::nft::{chain_names, objects};
-use cni_tests::reservations_in;
-use cni_tests::runtime::{IMAGE, PAGE, Sandbox, wait_for_runtime};
-use serde_json::Value;
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox, conf_file, wait_for_runtime};
+use cni_tests::{reservations_in, succeeded};
 
 const NET: &str = "containerd-net";
 const BRIDGE: &str = "cni0";
@@ -97,14 +97,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(self.ctr(args), &format!("ctr {args:?}"))
     }
 
     /// `ctr run --rm --cni` in the foreground (the only way ctr calls DEL),
@@ -145,36 +138,6 @@ impl Drop for Containerd {
             let _ = self.ctr(&["task", "kill", "-s", "KILL", l.trim()]);
         }
     }
-}
-
-fn conf_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../conf")
-        .join(name)
-}
-
-/// An HTTP GET with curl from inside the sandbox's host namespace.
-fn http_get(sb: &Sandbox, url: &str) -> Option<String> {
-    let out = sb.host.exec(&["curl", "-sS", "-g", "--max-time", "1", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn bridge_ports(sb: &Sandbox) -> Vec<Value> {
-    sb.host
-        .ip_json(&["link", "show", "master", BRIDGE])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn map_elements(sb: &Sandbox, map: &str) -> usize {
-    objects(&sb.host, "inet")
-        .iter()
-        .filter(|o| o["map"]["name"] == map)
-        .map(|o| o["map"]["elem"].as_array().map_or(0, Vec::len))
-        .sum()
 }
 
 #[test]
@@ -218,7 +181,7 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
         "{bridge_addrs:?}"
     );
     assert!(sb.host.link_flags(BRIDGE).contains(&"PROMISC".to_owned()));
-    assert_eq!(bridge_ports(sb).len(), 1);
+    assert_eq!(sb.bridge_ports(BRIDGE).len(), 1);
     let masq = chain_names(&objects(&sb.host, "inet"), &format!("masq/{NET}/{cid}/"));
     assert_eq!(masq.len(), 1, "{masq:?}");
 
@@ -237,7 +200,7 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
     // The page over both families from the host namespace.
     for url in [format!("http://{ip4}/"), format!("http://[{ip6}]/")] {
         assert!(
-            wait_for_runtime(|| http_get(sb, &url).as_deref() == Some(PAGE)),
+            wait_for_runtime(|| sb.http_get(&url).as_deref() == Some(PAGE)),
             "no page from {url}"
         );
     }
@@ -255,7 +218,7 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
         held,
         "the client's addresses stayed"
     );
-    assert_eq!(bridge_ports(sb).len(), 1);
+    assert_eq!(sb.bridge_ports(BRIDGE).len(), 1);
 
     // Kill the web task: ctr calls DEL with an empty netns, which must find
     // and remove everything by the attachment's identity alone.
@@ -268,10 +231,13 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
         "{:?}",
         reservations_in(&store)
     );
-    assert!(bridge_ports(sb).is_empty());
+    assert!(sb.bridge_ports(BRIDGE).is_empty());
     let objs = objects(&sb.host, "inet");
     assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
-    assert_eq!(map_elements(sb, "masq4") + map_elements(sb, "masq6"), 0);
+    assert_eq!(
+        map_len(&objects(&sb.host, "inet"), "masq4") + map_len(&objects(&sb.host, "inet"), "masq6"),
+        0
+    );
     // The bridge stays, as with the reference plugins.
     assert!(sb.host.link_names().contains(&BRIDGE.to_owned()));
     assert!(c.ok(&["container", "ls", "-q"]).trim().is_empty());

@@ -6,13 +6,12 @@
 //!   the reference `firewall` and `tuning` (which cni-rs does not provide)
 //!   found after them.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use cni_tests::nft::map_len;
 use cni_tests::nft::objects;
-use cni_tests::reservations_in;
-use cni_tests::runtime::{IMAGE, PAGE, Sandbox, wait_for_runtime};
-use serde_json::Value;
+use cni_tests::runtime::{IMAGE, PAGE, Sandbox, conf_file, wait_for_runtime};
+use cni_tests::{reservations_in, succeeded};
 
 const NET: &str = "podman";
 const BRIDGE: &str = "cni-podman0";
@@ -118,14 +117,31 @@ network_config_dir = "/etc/cni/net.d"
 
     /// podman ARGS, which must succeed; its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(self.run(args), &format!("podman {args:?}"))
+    }
+
+    /// `podman run -d` of busybox's httpd serving the page on port 80,
+    /// published on the host's port 8080; the container id.
+    fn run_web(&self, name: &str) -> String {
+        let cgroup = self.cgroup_parent();
+        let id = self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--cgroup-parent",
+            &cgroup,
+            "-p",
+            "8080:80",
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        id.trim().to_owned()
     }
 
     fn cgroup_parent(&self) -> String {
@@ -141,40 +157,9 @@ impl Drop for Podman {
     }
 }
 
-fn conf_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../conf")
-        .join(name)
-}
-
-/// An HTTP GET with curl from inside the sandbox's host namespace.
-fn http_get(sb: &Sandbox, url: &str) -> Option<String> {
-    let out = sb.host.exec(&["curl", "-sS", "-g", "--max-time", "1", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Host ends of the veths enslaved to the bridge.
-fn bridge_ports(sb: &Sandbox) -> Vec<Value> {
-    sb.host
-        .ip_json(&["-d", "link", "show", "master", BRIDGE])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn chains_of(sb: &Sandbox, kind: &str, id: &str) -> Vec<String> {
     let prefix = format!("{kind}/{NET}/{id}/");
     cni_tests::nft::chain_names(&objects(&sb.host, "inet"), &prefix)
-}
-
-fn map_elements(sb: &Sandbox, map: &str) -> usize {
-    objects(&sb.host, "inet")
-        .iter()
-        .filter(|o| o["map"]["name"] == map)
-        .map(|o| o["map"]["elem"].as_array().map_or(0, Vec::len))
-        .sum()
 }
 
 #[test]
@@ -197,26 +182,7 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
 
     let name = format!("web-{}", sb.tag);
     let cgroup = p.cgroup_parent();
-    let id = p
-        .ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--cgroup-parent",
-            &cgroup,
-            "-p",
-            "8080:80",
-            IMAGE,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ])
-        .trim()
-        .to_owned();
+    let id = p.run_web(&name);
     assert_eq!(id.len(), 64, "container id: {id}");
     let ip = p
         .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
@@ -227,12 +193,12 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     // Kernel state in the host namespace: the bridge with the gateway, one
     // port with hairpin mode, our masquerade and port-mapping chains.
     assert_eq!(sb.host.addrs(BRIDGE)[0], "10.88.0.1/16");
-    let ports = bridge_ports(sb);
+    let ports = sb.bridge_ports(BRIDGE);
     assert_eq!(ports.len(), 1, "{ports:?}");
     assert_eq!(ports[0]["linkinfo"]["info_slave_data"]["hairpin"], true);
     assert_eq!(chains_of(sb, "masq", &id).len(), 1);
     assert_eq!(chains_of(sb, "pm", &id).len(), 1);
-    assert_eq!(map_elements(sb, "pm4-any"), 1);
+    assert_eq!(map_len(&objects(&sb.host, "inet"), "pm4-any"), 1);
     // host-local's store, with our owner index beside the reference layout.
     let held = reservations_in(&store);
     assert_eq!(held, vec![(ip.clone(), format!("{id}\r\neth0"))]);
@@ -251,13 +217,10 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     // The page, straight and through the mapped port on the host's address.
     let direct = format!("http://{ip}:80/");
     assert!(
-        wait_for_runtime(|| http_get(sb, &direct).as_deref() == Some(PAGE)),
+        wait_for_runtime(|| sb.http_get(&direct).as_deref() == Some(PAGE)),
         "no page from {direct}"
     );
-    assert_eq!(
-        http_get(sb, "http://10.88.0.1:8080/").as_deref(),
-        Some(PAGE)
-    );
+    assert_eq!(sb.http_get("http://10.88.0.1:8080/").as_deref(), Some(PAGE));
 
     // A second container with an address it asks for (podman passes
     // CNI_ARGS IP=...) fetches the page through the mapped port, then
@@ -278,7 +241,9 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     assert!(client.contains("inet 10.88.0.77/16"), "{client}");
     assert!(client.ends_with(PAGE), "{client}");
     assert!(
-        wait_for_runtime(|| reservations_in(&store).len() == 1 && bridge_ports(sb).len() == 1),
+        wait_for_runtime(
+            || reservations_in(&store).len() == 1 && sb.bridge_ports(BRIDGE).len() == 1
+        ),
         "the client's address or veth outlived it: {:?}",
         reservations_in(&store)
     );
@@ -286,13 +251,17 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
     // podman rm -f: CNI DEL (with prevResult and the port mappings) removes
     // everything the ADD made.
     p.ok(&["rm", "-f", "-t", "0", &name]);
-    assert!(bridge_ports(sb).is_empty(), "{:?}", bridge_ports(sb));
+    assert!(
+        sb.bridge_ports(BRIDGE).is_empty(),
+        "{:?}",
+        sb.bridge_ports(BRIDGE)
+    );
     assert!(reservations_in(&store).is_empty());
     assert!(chains_of(sb, "masq", &id).is_empty());
     assert!(chains_of(sb, "pm", &id).is_empty());
-    assert_eq!(map_elements(sb, "pm4-any"), 0);
-    assert_eq!(map_elements(sb, "masq4"), 0);
-    assert!(http_get(sb, "http://10.88.0.1:8080/").is_none());
+    assert_eq!(map_len(&objects(&sb.host, "inet"), "pm4-any"), 0);
+    assert_eq!(map_len(&objects(&sb.host, "inet"), "masq4"), 0);
+    assert!(sb.http_get("http://10.88.0.1:8080/").is_none());
     let cache = sb.changed("/var/lib/cni/results");
     let cached: Vec<_> = std::fs::read_dir(&cache)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -318,26 +287,7 @@ fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
     );
 
     let name = format!("web-{}", sb.tag);
-    let id = p
-        .ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--cgroup-parent",
-            &p.cgroup_parent(),
-            "-p",
-            "8080:80",
-            IMAGE,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ])
-        .trim()
-        .to_owned();
+    let id = p.run_web(&name);
     let ip = reservations_in(&store)
         .first()
         .map(|(ip, _)| ip.clone())
@@ -357,15 +307,15 @@ fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
     let rules = firewall_rules(sb);
     assert!(rules.contains(&accept), "{accept} not in {rules}");
     assert!(
-        wait_for_runtime(|| http_get(sb, "http://10.88.0.1:8080/").as_deref() == Some(PAGE)),
+        wait_for_runtime(|| sb.http_get("http://10.88.0.1:8080/").as_deref() == Some(PAGE)),
         "no page through the mapped port"
     );
 
     p.ok(&["rm", "-f", "-t", "0", &name]);
-    assert!(bridge_ports(sb).is_empty());
+    assert!(sb.bridge_ports(BRIDGE).is_empty());
     assert!(reservations_in(&store).is_empty());
     assert!(chains_of(sb, "masq", &id).is_empty());
     assert!(chains_of(sb, "pm", &id).is_empty());
-    assert_eq!(map_elements(sb, "pm4-any"), 0);
+    assert_eq!(map_len(&objects(&sb.host, "inet"), "pm4-any"), 0);
     assert!(!firewall_rules(sb).contains(&ip), "{}", firewall_rules(sb));
 }

@@ -100,13 +100,7 @@ fn container_id(netns: &str) -> String {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "cni-run failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cni_tests::succeeded(out.clone(), "cni-run")
 }
 
 /// One file's world: the host namespace, a neighbour on its LAN, the config
