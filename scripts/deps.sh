@@ -17,6 +17,7 @@ packages=(
   podman runc   # the podman end-to-end test (CNI backend; runc because crun 1.8 refuses hybrid cgroups)
   containerd    # the containerd end-to-end test (containerd + ctr)
   busybox-static  # the offline image both runtimes run
+  python3-grpcio  # tests/tools/cri.py speaks the CRI to containerd as kubelet would (no kubelet or crictl in Debian 12)
 )
 
 missing=()

@@ -93,6 +93,52 @@ pub struct RuntimeConfig {
     pub other: Map<String, Value>,
 }
 
+/// Go's encoding/json, which decodes configs in the reference plugins,
+/// matches object keys to struct fields regardless of case, and runtimes
+/// rely on it: containerd's CRI plugin (go-cni, whose capability structs
+/// have no JSON tags) sends `runtimeConfig.portMappings` as
+/// `{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}`, and
+/// `ipRanges` and `bandwidth` the same way. This renames the keys of the
+/// capability objects in `runtimeConfig` that match one of our field names
+/// but for case to that name (an exact key is left as it is).
+pub fn go_case_runtime_config(conf: &mut Value) {
+    let Some(rc) = conf.get_mut("runtimeConfig").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if let Some(Value::Array(list)) = rc.get_mut("portMappings") {
+        for m in list {
+            go_case_keys(m, &["hostPort", "containerPort", "protocol", "hostIP"]);
+        }
+    }
+    if let Some(Value::Array(sets)) = rc.get_mut("ipRanges") {
+        for range in sets.iter_mut().filter_map(Value::as_array_mut).flatten() {
+            go_case_keys(range, &["subnet", "rangeStart", "rangeEnd", "gateway"]);
+        }
+    }
+    if let Some(b) = rc.get_mut("bandwidth") {
+        let fields = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"];
+        go_case_keys(b, &fields);
+    }
+    if let Some(d) = rc.get_mut("dns") {
+        go_case_keys(d, &["nameservers", "domain", "search", "options"]);
+    }
+}
+
+fn go_case_keys(obj: &mut Value, fields: &[&str]) {
+    let Value::Object(map) = obj else {
+        return;
+    };
+    for field in fields {
+        if map.contains_key(*field) {
+            continue;
+        }
+        let other = map.keys().find(|k| k.eq_ignore_ascii_case(field)).cloned();
+        if let Some(v) = other.and_then(|k| map.remove(&k)) {
+            map.insert((*field).to_owned(), v);
+        }
+    }
+}
+
 /// One entry of the `portMappings` capability. Ports are kept wide so that an
 /// out-of-range port is a config error (code 7) from the plugin, not a decode error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,12 +161,37 @@ fn default_protocol() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct IpRange {
     pub subnet: IpNetwork,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub range_start: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub range_end: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gateway: Option<IpAddr>,
+}
+
+/// An optional address where, as with Go's `net.IP`, an empty string (or
+/// null) means none: go-cni sends `"RangeEnd": ""` for an unset field.
+pub fn optional_ip<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("invalid IP address {s:?}"))),
+    }
 }
 
 /// The `bandwidth` capability (bits per second and bits).
@@ -315,6 +386,48 @@ mod tests {
         assert_eq!(c.other["bridge"], "cni0");
         // Writing it back loses nothing.
         assert_eq!(serde_json::to_value(&c).unwrap(), bridge_conf());
+    }
+
+    #[test]
+    fn runtime_config_keys_match_regardless_of_case_as_in_go() {
+        // What containerd's CRI plugin sends (go-cni structs without tags).
+        let mut v = json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "portmap",
+            "runtimeConfig": {
+                "portMappings": [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "udp", "HostIP": ""}],
+                "ipRanges": [[{"Subnet": "10.9.0.0/24", "RangeStart": "10.9.0.5", "RangeEnd": "", "Gateway": ""}]],
+                "bandwidth": {"IngressRate": 1000, "EgressBurst": 5},
+                "dns": {"Servers": ["10.0.0.10"], "Options": ["ndots:5"]}
+            }
+        });
+        go_case_runtime_config(&mut v);
+        let rc = serde_json::from_value::<NetConf>(v.clone())
+            .unwrap()
+            .runtime();
+        let m = &rc.port_mappings[0];
+        assert_eq!((m.host_port, m.container_port), (8080, 80));
+        assert_eq!(
+            (m.protocol.as_str(), m.host_ip.as_deref()),
+            ("udp", Some(""))
+        );
+        assert_eq!(
+            v["runtimeConfig"]["ipRanges"][0][0]["subnet"],
+            "10.9.0.0/24"
+        );
+        assert_eq!(
+            v["runtimeConfig"]["ipRanges"][0][0]["rangeStart"],
+            "10.9.0.5"
+        );
+        let b = rc.bandwidth.unwrap();
+        assert_eq!((b.ingress_rate, b.egress_burst), (Some(1000), Some(5)));
+        // Keys that are not a field but for case stay as they are.
+        assert_eq!(v["runtimeConfig"]["dns"]["Servers"][0], "10.0.0.10");
+        assert_eq!(v["runtimeConfig"]["dns"]["options"][0], "ndots:5");
+        // An exact key is kept.
+        let mut exact =
+            json!({"runtimeConfig": {"portMappings": [{"hostPort": 1, "HOSTPORT": 2}]}});
+        go_case_runtime_config(&mut exact);
+        assert_eq!(exact["runtimeConfig"]["portMappings"][0]["hostPort"], 1);
     }
 
     #[test]

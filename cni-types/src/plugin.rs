@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::NetConf;
+use crate::config::{self, NetConf};
 use crate::env::{Command, Env};
 use crate::error::{CniError, Code};
 use crate::result::CniResult;
@@ -54,7 +54,8 @@ impl Request {
         Request::from_value(env, stdin, raw)
     }
 
-    fn from_value(env: Env, stdin: Vec<u8>, raw: Value) -> Result<Request, CniError> {
+    fn from_value(env: Env, stdin: Vec<u8>, mut raw: Value) -> Result<Request, CniError> {
+        config::go_case_runtime_config(&mut raw);
         let conf = NetConf::deserialize(&raw)
             .map_err(|e| CniError::invalid_config(format!("invalid network config: {e}")))?;
         validate::network_name(&conf.name)?;

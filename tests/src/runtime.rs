@@ -222,12 +222,13 @@ impl Sandbox {
         tar
     }
 
-    /// [`Self::rootfs_tar`] as an OCI image archive named [`IMAGE`], written
-    /// by hand (one uncompressed layer), for `ctr image import`.
-    pub fn oci_archive(&self) -> PathBuf {
+    /// [`Self::rootfs_tar`] as an OCI image archive named `name` that runs
+    /// `cmd`, written by hand (one uncompressed layer), for `ctr image
+    /// import`.
+    pub fn oci_archive(&self, name: &str, cmd: &[&str]) -> PathBuf {
         let layer = std::fs::read(self.rootfs_tar()).unwrap();
         let t = self.dir.path();
-        let oci = t.join("oci");
+        let oci = t.join(format!("oci-{}", unique("")));
         let blobs = oci.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
         let put = |bytes: &[u8]| -> (String, usize) {
@@ -247,7 +248,7 @@ impl Sandbox {
         let config = serde_json::json!({
             "architecture": arch,
             "os": "linux",
-            "config": { "Cmd": ["/bin/sh"] },
+            "config": { "Cmd": cmd, "Env": ["PATH=/bin"] },
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         });
         let (config_digest, config_size) = put(config.to_string().as_bytes());
@@ -273,14 +274,14 @@ impl Sandbox {
                 "digest": manifest_digest,
                 "size": manifest_size,
                 "annotations": {
-                    "io.containerd.image.name": IMAGE,
+                    "io.containerd.image.name": name,
                     "org.opencontainers.image.ref.name": "latest",
                 },
             }],
         });
         std::fs::write(oci.join("index.json"), index.to_string()).unwrap();
         std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let archive = t.join("oci.tar");
+        let archive = oci.with_extension("tar");
         tar_dir(&oci, &archive);
         archive
     }

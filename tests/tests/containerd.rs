@@ -1,12 +1,16 @@
-//! containerd (1.6, `ctr run --cni`) runs containers on our plugins with
-//! containerd's documented default network, `conf/10-containerd-net.conflist`
-//! (dual stack, promiscuous bridge, port mappings), our plugins installed in
+//! containerd 1.6 runs containers on our plugins with containerd's
+//! documented default network, `conf/10-containerd-net.conflist` (dual
+//! stack, promiscuous bridge, port mappings), our plugins installed in
 //! /opt/cni/bin, and everything in a sandbox (a throwaway host network
-//! namespace and a private mount namespace).
+//! namespace and a private mount namespace). Two clients:
 //!
-//! ctr passes the netns as `/proc/<pid>/ns/net` on ADD, and calls DEL with
-//! an empty `CNI_NETNS` after the task has exited: that DEL alone must
-//! release the addresses and remove the rules.
+//! - `ctr run --cni` passes the netns as `/proc/<pid>/ns/net` on ADD, and
+//!   calls DEL with an empty `CNI_NETNS` after the task has exited: that DEL
+//!   alone must release the addresses and remove the rules.
+//! - The CRI plugin, which is what kubelet drives, here through
+//!   `tests/tools/cri.py` (Debian 12 has no kubelet or crictl): it runs
+//!   loopback and the network for each pod sandbox, passes the pod's port
+//!   mappings, and calls DEL when the sandbox stops.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -20,6 +24,9 @@ use cni_tests::{reservations_in, succeeded};
 const NET: &str = "containerd-net";
 const BRIDGE: &str = "cni0";
 const STORE: &str = "/var/lib/cni/networks/containerd-net";
+/// The CRI plugin's pod sandbox ("pause") image: here busybox's httpd, so
+/// the sandbox itself serves the page.
+const PAUSE: &str = "localhost/cnirs-pause:latest";
 
 struct Containerd {
     sb: Sandbox,
@@ -27,17 +34,35 @@ struct Containerd {
 
 impl Containerd {
     /// A sandbox with our plugins installed, containerd's default network
-    /// as the only file in /etc/cni/net.d, a containerd of its own running,
-    /// and the busybox image imported.
-    fn new() -> Containerd {
+    /// as the only file in /etc/cni/net.d, a containerd of its own running
+    /// (with its CRI plugin when `cri`), and the image imported.
+    fn new(cri: bool) -> Containerd {
         let mut sb = Sandbox::new("ctrd");
         let t = sb.dir.path().join("containerd");
         std::fs::create_dir_all(&t).unwrap();
+        let plugins = if cri {
+            format!(
+                r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  enable_selinux = false
+  disable_apparmor = true
+  # This machine refuses a negative oom_score_adj (the sandbox default).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+"#
+            )
+        } else {
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_owned()
+        };
         let config = format!(
             r#"version = 2
 root = "{t}/root"
 state = "{t}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{plugins}
 [grpc]
   address = "{t}/containerd.sock"
 [ttrpc]
@@ -72,9 +97,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "containerd did not start: {}",
             c.sb.log("containerd.log")
         );
-        let archive = c.sb.oci_archive();
-        c.ok(&["image", "import", archive.to_str().unwrap()]);
+        if cri {
+            let httpd = ["httpd", "-f", "-p", "80", "-h", "/www"];
+            let archive = c.sb.oci_archive(PAUSE, &httpd);
+            let a = archive.to_str().unwrap();
+            c.ok(&["--namespace", "k8s.io", "image", "import", a]);
+        } else {
+            let archive = c.sb.oci_archive(IMAGE, &["/bin/sh"]);
+            c.ok(&["image", "import", archive.to_str().unwrap()]);
+        }
         c
+    }
+
+    /// A call of the CRI's RuntimeService, as kubelet would make it; the
+    /// JSON `tests/tools/cri.py` prints.
+    fn cri(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/cri.py");
+        let out = Command::new("/usr/bin/python3")
+            .arg(tool)
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("python3");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
     }
 
     fn socket(&self) -> PathBuf {
@@ -83,7 +131,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     fn cmd(&self, args: &[&str]) -> Command {
         // The sandbox's tag as the containerd namespace also names the
-        // containers' cgroups (/<namespace>/<id>), for clean-up.
+        // containers' cgroups (/<namespace>/<id>), for clean-up. A later
+        // --namespace in `args` wins.
         let mut c = self.sb.command("ctr");
         c.arg("--address")
             .arg(self.socket())
@@ -142,7 +191,7 @@ impl Drop for Containerd {
 
 #[test]
 fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
-    let mut c = Containerd::new();
+    let mut c = Containerd::new(false);
     let store = c.sb.changed(STORE);
 
     let web = c.run("web", &["httpd", "-f", "-p", "80", "-h", "/www"]);
@@ -241,4 +290,96 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
     // The bridge stays, as with the reference plugins.
     assert!(sb.host.link_names().contains(&BRIDGE.to_owned()));
     assert!(c.ok(&["container", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn cri_pod_sandbox_gets_our_network_and_stop_releases_it() {
+    let c = Containerd::new(true);
+    let sb = &c.sb;
+    let store = sb.changed(STORE);
+    let v = c.cri(&["version"]).expect("the CRI answers");
+    assert_eq!(v["runtime_name"], "containerd", "{v}");
+
+    // RunPodSandbox with a hostPort, as kubelet sends for a pod with one.
+    // The CRI plugin may take a moment to load the network config.
+    let cgroup = format!("/{}/pods", sb.tag);
+    let uid = sb.tag.clone();
+    let mut id = String::new();
+    let ran = wait_for_runtime(|| {
+        match c.cri(&["runp", "web", &uid, "default", &cgroup, "8080:80"]) {
+            Ok(r) => {
+                id = r["id"].as_str().unwrap().to_owned();
+                true
+            }
+            Err(e) => {
+                // Only "network not ready yet" is worth waiting out.
+                assert!(e.contains("cni"), "RunPodSandbox: {e}");
+                false
+            }
+        }
+    });
+    assert!(
+        ran,
+        "RunPodSandbox never succeeded: {}",
+        sb.log("containerd.log")
+    );
+    assert_eq!(id.len(), 64, "{id}");
+
+    // The CRI reports both addresses; host-local holds them for the sandbox.
+    let status = c.cri(&["status", &id]).unwrap();
+    assert_eq!(status["state"], 0, "{status}");
+    let ips: Vec<String> = status["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ips.len(), 2, "{status}");
+    let held = reservations_in(&store);
+    let mut want: Vec<(String, String)> = ips
+        .iter()
+        .map(|ip| (ip.clone(), format!("{id}\r\neth0")))
+        .collect();
+    want.sort();
+    assert_eq!(held, want);
+
+    // Inside the pod: the CRI plugin ran loopback (ours: its only plugin
+    // directory is /opt/cni/bin) before the network.
+    let procs = format!("/sys/fs/cgroup/pids{cgroup}/{id}/cgroup.procs");
+    let pid = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{procs}: {e}"));
+    let netns = format!("--net=/proc/{}/ns/net", pid.lines().next().unwrap());
+    let lo = cni_tests::must("nsenter", &[&netns, "ip", "-j", "addr", "show", "lo"]);
+    let lo: serde_json::Value = serde_json::from_str(&lo).unwrap();
+    assert_eq!(lo[0]["operstate"], "UNKNOWN", "lo is up: {lo}");
+    assert_eq!(lo[0]["addr_info"][0]["local"], "127.0.0.1", "{lo}");
+    let eth0 = cni_tests::must("nsenter", &[&netns, "ip", "addr", "show", "eth0"]);
+    assert!(eth0.contains(&format!("inet {}/16", ips[0])), "{eth0}");
+
+    // Our masquerade and port-mapping chains for the sandbox; the page
+    // through the mapped port on both families of the gateway.
+    let objs = objects(&sb.host, "inet");
+    assert_eq!(chain_names(&objs, &format!("masq/{NET}/{id}/")).len(), 1);
+    assert_eq!(chain_names(&objs, &format!("pm/{NET}/{id}/")).len(), 1);
+    for url in ["http://10.88.0.1:8080/", "http://[2001:db8:4860::1]:8080/"] {
+        assert!(
+            wait_for_runtime(|| sb.http_get(url).as_deref() == Some(PAGE)),
+            "no page from {url}"
+        );
+    }
+
+    // StopPodSandbox: the CRI plugin calls DEL (netns still there), which
+    // removes everything; RemovePodSandbox then finds nothing to do.
+    c.cri(&["stopp", &id]).unwrap();
+    assert!(
+        reservations_in(&store).is_empty(),
+        "{:?}",
+        reservations_in(&store)
+    );
+    assert!(sb.bridge_ports(BRIDGE).is_empty());
+    let objs = objects(&sb.host, "inet");
+    assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
+    assert!(chain_names(&objs, &format!("pm/{NET}/")).is_empty());
+    assert_eq!(map_len(&objs, "pm4-any") + map_len(&objs, "pm6-any"), 0);
+    assert!(sb.http_get("http://10.88.0.1:8080/").is_none());
+    c.cri(&["rmp", &id]).unwrap();
 }

@@ -198,6 +198,21 @@ fn runtime_ip_ranges_come_first() {
     );
 }
 
+/// containerd's CRI plugin (go-cni) sends ipRanges with Go's field names
+/// and empty strings for unset fields; Go's JSON decoding in the reference
+/// accepts that, and so must we.
+#[test]
+fn runtime_ip_ranges_as_go_cni_sends_them() {
+    let dir = TempDir::new("hl");
+    let mut c = conf(&dir, "1.0.0", json!({"subnet": "10.15.0.0/24"}));
+    c["runtimeConfig"] = json!({"ipRanges": [[{
+        "Subnet": "10.16.0.0/24", "RangeStart": "10.16.0.40", "RangeEnd": "", "Gateway": ""
+    }]]});
+    let r = call("ADD", "a", &c).run().success();
+    assert_eq!(address(&r, 0), "10.16.0.40/24");
+    assert_eq!(r["ips"][0]["gateway"], "10.16.0.1");
+}
+
 #[test]
 fn del_check_and_old_formats() {
     let dir = TempDir::new("hl");

@@ -25,11 +25,11 @@ struct RawIpam {
     /// The legacy single range; becomes range set 0.
     #[serde(default)]
     subnet: Option<IpNetwork>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cni_types::config::optional_ip")]
     range_start: Option<IpAddr>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cni_types::config::optional_ip")]
     range_end: Option<IpAddr>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cni_types::config::optional_ip")]
     gateway: Option<IpAddr>,
     #[serde(default)]
     routes: Vec<RawRoute>,
