@@ -121,14 +121,17 @@ network_config_dir = "/etc/cni/net.d"
     }
 
     /// `podman run -d` of busybox's httpd serving the page on port 80,
-    /// published on the host's port 8080; the container id.
-    fn run_web(&self, name: &str) -> String {
+    /// published on the host's port 8080, on podman's default network or
+    /// `network`; the container id.
+    fn run_web(&self, name: &str, network: Option<&str>) -> String {
         let cgroup = self.cgroup_parent();
+        let net = format!("--network={}", network.unwrap_or(NET));
         let id = self.ok(&[
             "run",
             "-d",
             "--name",
             name,
+            &net,
             "--cgroup-parent",
             &cgroup,
             "-p",
@@ -158,7 +161,11 @@ impl Drop for Podman {
 }
 
 fn chains_of(sb: &Sandbox, kind: &str, id: &str) -> Vec<String> {
-    let prefix = format!("{kind}/{NET}/{id}/");
+    chains_in(sb, kind, NET, id)
+}
+
+fn chains_in(sb: &Sandbox, kind: &str, net: &str, id: &str) -> Vec<String> {
+    let prefix = format!("{kind}/{net}/{id}/");
     cni_tests::nft::chain_names(&objects(&sb.host, "inet"), &prefix)
 }
 
@@ -182,7 +189,7 @@ fn podman_runs_a_web_server_on_our_network_and_rm_leaves_nothing() {
 
     let name = format!("web-{}", sb.tag);
     let cgroup = p.cgroup_parent();
-    let id = p.run_web(&name);
+    let id = p.run_web(&name, None);
     assert_eq!(id.len(), 64, "container id: {id}");
     let ip = p
         .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
@@ -287,7 +294,7 @@ fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
     );
 
     let name = format!("web-{}", sb.tag);
-    let id = p.run_web(&name);
+    let id = p.run_web(&name, None);
     let ip = reservations_in(&store)
         .first()
         .map(|(ip, _)| ip.clone())
@@ -318,4 +325,48 @@ fn podman_stock_network_file_works_unchanged_with_our_plugins_first() {
     assert!(chains_of(sb, "pm", &id).is_empty());
     assert_eq!(map_len(&objects(&sb.host, "inet"), "pm4-any"), 0);
     assert!(!firewall_rules(sb).contains(&ip), "{}", firewall_rules(sb));
+}
+
+/// `podman network create` writes a conflist of its own (a new bridge with
+/// host-local, portmap, firewall and tuning): containers on it work with
+/// our plugins first and the reference firewall and tuning after them.
+#[test]
+fn podman_network_create_networks_work_with_our_plugins() {
+    let p = Podman::new(Network::Stock);
+    let sb = &p.sb;
+    p.ok(&["network", "create", "--subnet", "10.89.7.0/24", "cnirs"]);
+    let file = sb.changed("/etc/cni/net.d/cnirs.conflist");
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let types: Vec<&str> = conf["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pl| pl["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(&types[..2], ["bridge", "portmap"], "{conf}");
+    let bridge = conf["plugins"][0]["bridge"].as_str().unwrap().to_owned();
+
+    let name = format!("web-{}", sb.tag);
+    let id = p.run_web(&name, Some("cnirs"));
+    let store = sb.changed("/var/lib/cni/networks/cnirs");
+    let held = reservations_in(&store);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].0.starts_with("10.89.7."), "{held:?}");
+    assert_eq!(sb.bridge_ports(&bridge).len(), 1);
+    assert_eq!(chains_in(sb, "masq", "cnirs", &id).len(), 1);
+    assert_eq!(chains_in(sb, "pm", "cnirs", &id).len(), 1);
+    assert!(
+        wait_for_runtime(|| sb.http_get("http://10.89.7.1:8080/").as_deref() == Some(PAGE)),
+        "no page through the mapped port"
+    );
+
+    p.ok(&["rm", "-f", "-t", "0", &name]);
+    assert!(sb.bridge_ports(&bridge).is_empty());
+    assert!(reservations_in(&store).is_empty());
+    assert!(chains_in(sb, "masq", "cnirs", &id).is_empty());
+    assert!(chains_in(sb, "pm", "cnirs", &id).is_empty());
+    assert_eq!(map_len(&objects(&sb.host, "inet"), "pm4-any"), 0);
+    p.ok(&["network", "rm", "cnirs"]);
+    assert!(!file.exists());
 }
