@@ -47,7 +47,7 @@ pub struct Sandbox {
     pub host: Netns,
     pub dir: TempDir,
     pin: PathBuf,
-    daemons: Vec<Child>,
+    spawned: Vec<Child>,
 }
 
 impl Sandbox {
@@ -60,7 +60,7 @@ impl Sandbox {
             host,
             dir,
             pin: PathBuf::new(),
-            daemons: Vec::new(),
+            spawned: Vec::new(),
         };
         sb.host.ip(&["link", "set", "lo", "up"]);
         let t = sb.dir.path().to_path_buf();
@@ -298,8 +298,8 @@ impl Sandbox {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        self.daemons.push(child);
-        self.daemons.len() - 1
+        self.spawned.push(child);
+        self.spawned.len() - 1
     }
 
     /// Wait (bounded, 20 s) for a process started by [`Self::spawn`] to end;
@@ -307,7 +307,7 @@ impl Sandbox {
     pub fn wait_exit(&mut self, handle: usize) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            if let Some(status) = self.daemons[handle].try_wait().unwrap() {
+            if let Some(status) = self.spawned[handle].try_wait().unwrap() {
                 return Some(status);
             }
             if std::time::Instant::now() > deadline {
@@ -323,7 +323,7 @@ impl Sandbox {
     }
 
     /// PIDs of processes this sandbox started that are still alive: those in
-    /// its mount namespace (runtimes, daemons, shims) and those in a cgroup
+    /// its mount namespace (runtimes, spawned, shims) and those in a cgroup
     /// named after its tag (the containers, which runc puts in mount
     /// namespaces of their own).
     pub fn leftover_processes(&self) -> Vec<i32> {
@@ -369,7 +369,7 @@ impl Sandbox {
     }
 
     fn kill_leftovers(&mut self) {
-        for c in &mut self.daemons {
+        for c in &mut self.spawned {
             let _ = c.kill();
             let _ = c.wait();
         }
