@@ -323,7 +323,7 @@ impl Sandbox {
     }
 
     /// PIDs of processes this sandbox started that are still alive: those in
-    /// its mount namespace (runtimes, spawned, shims) and those in a cgroup
+    /// its mount namespace (runtimes, daemons, shims) and those in a cgroup
     /// named after its tag (the containers, which runc puts in mount
     /// namespaces of their own).
     pub fn leftover_processes(&self) -> Vec<i32> {
