@@ -108,6 +108,14 @@ impl Netns {
         }
     }
 
+    /// `bridge -j ARGS...` inside the namespace, parsed.
+    pub fn bridge_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["netns", "exec", &self.name, "bridge", "-j"];
+        full.extend_from_slice(args);
+        let out = must("ip", &full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bridge {args:?}: {e}: {out}"))
+    }
+
     /// Run a command inside the namespace (`ip netns exec`), e.g. ping.
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["netns", "exec", &self.name];

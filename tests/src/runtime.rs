@@ -305,16 +305,13 @@ impl Sandbox {
     /// Wait (bounded, 20 s) for a process started by [`Self::spawn`] to end;
     /// its exit status, or None if it is still running.
     pub fn wait_exit(&mut self, handle: usize) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.spawned[handle].try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let child = &mut self.spawned[handle];
+        let mut status = None;
+        wait_up_to(std::time::Duration::from_secs(20), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
     }
 
     /// The contents of a log written by a process from [`Self::spawn`].

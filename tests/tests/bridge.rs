@@ -73,21 +73,8 @@ impl World {
     }
 
     fn bridge_ports(&self) -> Vec<Value> {
-        let out = must(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.host.name,
-                "bridge",
-                "-j",
-                "-d",
-                "link",
-                "show",
-            ],
-        );
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
+        self.host
+            .bridge_json(&["-d", "link", "show"])
             .as_array()
             .unwrap()
             .clone()
@@ -384,21 +371,7 @@ fn vlans_on_the_bridge_port() {
     }
     let r = w.add(&a, "ctr-a", &c);
     let host_veth = r["interfaces"][1]["name"].as_str().unwrap().to_owned();
-    let out = must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &w.host.name,
-            "bridge",
-            "-j",
-            "vlan",
-            "show",
-            "dev",
-            &host_veth,
-        ],
-    );
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = w.host.bridge_json(&["vlan", "show", "dev", &host_veth]);
     let vlans = v[0]["vlans"].as_array().unwrap();
     let ids: Vec<u64> = vlans.iter().map(|x| x["vlan"].as_u64().unwrap()).collect();
     assert_eq!(ids, [100, 200, 300, 301, 302], "{v}");

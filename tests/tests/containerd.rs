@@ -152,21 +152,10 @@ state = "{t}/state"
     /// `ctr run --rm --cni` in the foreground (the only way ctr calls DEL),
     /// as a process of the sandbox; its handle.
     fn run(&mut self, id: &str, argv: &[&str]) -> usize {
-        let sock = self.socket();
-        let mut args = vec![
-            "--address",
-            sock.to_str().unwrap(),
-            "--namespace",
-            &self.sb.tag,
-            "run",
-            "--rm",
-            "--cni",
-            IMAGE,
-            id,
-        ];
+        let (sock, ns) = (self.socket(), self.sb.tag.clone());
+        let mut args = vec!["--address", sock.to_str().unwrap(), "--namespace", &ns];
+        args.extend_from_slice(&["run", "--rm", "--cni", IMAGE, id]);
         args.extend_from_slice(argv);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.sb.spawn("ctr", &args, &format!("{id}.log"))
     }
 
@@ -187,6 +176,20 @@ impl Drop for Containerd {
             let _ = self.ctr(&["task", "kill", "-s", "KILL", l.trim()]);
         }
     }
+}
+
+/// After the last DEL: no reservation, bridge port, masquerade or
+/// port-mapping chain or map element of the network.
+fn assert_nothing_left(sb: &Sandbox) {
+    let store = sb.changed(STORE);
+    let held = reservations_in(&store);
+    assert!(held.is_empty(), "{held:?}");
+    assert!(sb.bridge_ports(BRIDGE).is_empty());
+    let objs = objects(&sb.host, "inet");
+    assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
+    assert!(chain_names(&objs, &format!("pm/{NET}/")).is_empty());
+    let maps = ["masq4", "masq6", "pm4-any", "pm6-any"];
+    assert_eq!(maps.iter().map(|m| map_len(&objs, m)).sum::<usize>(), 0);
 }
 
 #[test]
@@ -274,21 +277,9 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
     c.ok(&["task", "kill", "-s", "KILL", "web"]);
     let status = c.sb.wait_exit(web).expect("ctr run ended");
     assert!(!status.success(), "killed task: {status}");
-    let sb = &c.sb;
-    assert!(
-        reservations_in(&store).is_empty(),
-        "{:?}",
-        reservations_in(&store)
-    );
-    assert!(sb.bridge_ports(BRIDGE).is_empty());
-    let objs = objects(&sb.host, "inet");
-    assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
-    assert_eq!(
-        map_len(&objects(&sb.host, "inet"), "masq4") + map_len(&objects(&sb.host, "inet"), "masq6"),
-        0
-    );
+    assert_nothing_left(&c.sb);
     // The bridge stays, as with the reference plugins.
-    assert!(sb.host.link_names().contains(&BRIDGE.to_owned()));
+    assert!(c.sb.host.link_names().contains(&BRIDGE.to_owned()));
     assert!(c.ok(&["container", "ls", "-q"]).trim().is_empty());
 }
 
@@ -370,16 +361,7 @@ fn cri_pod_sandbox_gets_our_network_and_stop_releases_it() {
     // StopPodSandbox: the CRI plugin calls DEL (netns still there), which
     // removes everything; RemovePodSandbox then finds nothing to do.
     c.cri(&["stopp", &id]).unwrap();
-    assert!(
-        reservations_in(&store).is_empty(),
-        "{:?}",
-        reservations_in(&store)
-    );
-    assert!(sb.bridge_ports(BRIDGE).is_empty());
-    let objs = objects(&sb.host, "inet");
-    assert!(chain_names(&objs, &format!("masq/{NET}/")).is_empty());
-    assert!(chain_names(&objs, &format!("pm/{NET}/")).is_empty());
-    assert_eq!(map_len(&objs, "pm4-any") + map_len(&objs, "pm6-any"), 0);
+    assert_nothing_left(sb);
     assert!(sb.http_get("http://10.88.0.1:8080/").is_none());
     c.cri(&["rmp", &id]).unwrap();
 }

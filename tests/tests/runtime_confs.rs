@@ -232,22 +232,7 @@ impl World {
 
     /// The bridge port `port` as `bridge -j -d link show` sees it.
     fn bridge_port(&self, port: &str) -> Value {
-        let out = must(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.host.name,
-                "bridge",
-                "-j",
-                "-d",
-                "link",
-                "show",
-                "dev",
-                port,
-            ],
-        );
-        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+        self.host.bridge_json(&["-d", "link", "show", "dev", port])[0].clone()
     }
 
     /// Our chains in the host namespace whose names start with `prefix`.
