@@ -8,7 +8,11 @@ PREFIX ?= /opt/cni/bin
 BINDIR ?= /usr/local/bin
 DESTDIR ?=
 PLUGINS := bridge host-local loopback portmap
-RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/release
+# Release binaries are static: the target triple and flags come from
+# scripts/static-target.sh, read when a recipe runs (after `deps` added musl).
+STATIC = $(shell ./scripts/static-target.sh)
+TARGET = $(word 1,$(STATIC))
+RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release
 # dist/cni-rs-linux-<arch>-v<version>.tgz, absolute (scripts/dist.sh names it)
 DIST_TARBALL = $(shell ./scripts/dist.sh --path)
 
@@ -23,14 +27,14 @@ build:
 	$(CARGO) build --workspace --bins
 
 release:
-	$(CARGO) build --release --locked --workspace --bins
+	RUSTFLAGS="$(wordlist 2,9,$(STATIC))" $(CARGO) build --release --locked --target $(TARGET) --workspace --bins
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Everything CI runs: packages, formatting, lints, the release tarball (its
-# runtime libraries checked against the README), unit and integration tests
+# binaries checked to be static), unit and integration tests
 # (the real binaries in throwaway network namespaces; tests/tests/dist.rs
 # unpacks the tarball and runs what is in it), then a check that nothing was
 # left behind.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages the build and the tests need, only if missing.
-# Idempotent and quiet when everything is there.
+# Install the Debian packages the tests need, and the Rust target the release
+# binaries are built for (static, musl), only if missing. Idempotent and quiet
+# when everything is there.
 set -euo pipefail
 
 packages=(
-  pkg-config libnftnl-dev libmnl-dev  # build: the nftnl crate links libnftnl
   nftables      # nft -j: the tests read back the rules our plugins install over netlink
   iproute2      # ip: the tests create namespaces and read kernel state with ip -j
   procps        # pgrep/ps for the runtime tests' clean-up checks
@@ -32,4 +32,12 @@ if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Release binaries are static: the musl target when rustup can add it, else
+# static glibc (scripts/static-target.sh picks whichever is there).
+musl="$(uname -m)-unknown-linux-musl"
+if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+  echo "deps: adding the Rust target $musl" >&2
+  rustup target add "$musl" >&2 || echo "deps: cannot add $musl; release builds fall back to static glibc" >&2
 fi

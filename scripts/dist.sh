@@ -6,9 +6,9 @@
 # <tarball>.sha256 and <tarball>.sha512, as the reference publishes.
 #
 # Reproducible: names sorted, every mtime SOURCE_DATE_EPOCH (default: the
-# last commit's time), owner and group 0, gzip without name or time. Before
-# packing, checks each binary's runtime libraries against the table in
-# README.md's "## Install" section, so that table cannot go stale.
+# last commit's time), owner and group 0, gzip without name or time. The
+# binaries are fully static (scripts/static-target.sh): checked before
+# packing.
 #
 #   scripts/dist.sh          build (cargo, release) and write dist/
 #   scripts/dist.sh --path   print the tarball's path; builds nothing
@@ -46,42 +46,25 @@ if [[ ${1:-} == --path ]]; then
 fi
 [[ $# -eq 0 ]] || die "usage: $0 [--path]"
 
-"${CARGO:-cargo}" build --release --locked --workspace --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+read -r triple rustflags < <(scripts/static-target.sh)
+RUSTFLAGS="${rustflags:-}" "${CARGO:-cargo}" build --release --locked --target "$triple" --workspace --bins
+bin=${CARGO_TARGET_DIR:-target}/$triple/release
 
-# --- runtime libraries: exactly what README.md says -------------------------
-# README's table has one row per group of binaries: the binaries in the first
-# column, their NEEDED entries (readelf -d) in the second, and what those pull
-# in besides (ldd) in the third, each library in backquotes.
-readme_row() { # binary -> its table row
-  awk -F'|' -v b="\`$1\`" '/^## / {s = ($0 == "## Install")} s && NF > 4 && index($2, b) {print; exit}' README.md
-}
-sonames() { grep -o '`[^`]*`' | tr -d '`' | sort | paste -sd' ' || true; }
-glibc_needed=
+# --- no run-time dependencies ----------------------------------------------
+# Every binary is static: no NEEDED entry, no program interpreter, so it runs
+# on any Linux of its architecture (README.md's Install section says so).
 for b in "${plugins[@]}" "${tools[@]}"; do
   f=$bin/$b
   [[ -x $f ]] || die "$f not built"
   readelf -h "$f" >/dev/null || die "$f is not an ELF file"
   [[ $(readelf -S "$f") != *.symtab* ]] || die "$f is not stripped (profile.release has strip = true)"
-  row=$(readme_row "$b")
-  [[ -n $row ]] || die "README.md's Install section has no library row for \`$b\`"
-  doc_needed=$(cut -d'|' -f3 <<<"$row" | sonames)
-  doc_loaded=$(cut -d'|' -f4 <<<"$row" | sonames)
-  needed=$(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | paste -sd' ' || true)
+  needed=$(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | paste -sd' ' || true)
+  [[ -z $needed ]] || die "$b: needs [$needed]; release binaries must be static"
   interp=$(readelf -l "$f" | sed -n 's/.*interpreter: \(.*\)\]/\1/p')
-  # ldd: everything loaded, minus the vDSO, the interpreter and the NEEDED ones.
-  loaded=$(ldd "$f" | awk '{print $1}' | grep -v '^linux-vdso' | grep -vxF "${interp:-none}" |
-    grep -vxF -f <(tr ' ' '\n' <<<"$needed") | sort | paste -sd' ' || true)
-  [[ $needed == "$doc_needed" ]] ||
-    die "$b: NEEDED is [$needed], README.md says [$doc_needed]; update the Install section"
-  [[ $loaded == "$doc_loaded" ]] ||
-    die "$b: also loads [$loaded], README.md says [$doc_loaded]; update the Install section"
-  [[ $(ldd "$f") != *"not found"* ]] || die "$b: $(ldd "$f" | grep 'not found')"
-  v=$(objdump -T "$f" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
-  glibc_needed=$(printf '%s\n' "$glibc_needed" "$v" | sort -V | tail -1)
+  [[ -z $interp ]] || die "$b: loaded by $interp; release binaries must be static"
 done
-[[ $(tr -s ' \n' '  ' <README.md) == *"glibc $glibc_needed or later"* ]] ||
-  die "the binaries need glibc $glibc_needed: README.md's Install section must say \"glibc $glibc_needed or later\""
+[[ $(tr -s ' \n' '  ' <README.md) == *"no run-time dependencies"* ]] ||
+  die "README.md's Install section must say the binaries have \"no run-time dependencies\""
 
 # --- the tarball ------------------------------------------------------------
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || true)}
@@ -105,5 +88,5 @@ tar -C "$stage" --format=gnu --sort=name --mtime="@$epoch" \
 mv "$out/$name.tmp" "$out/$name"
 (cd "$out" && sha256sum "$name" >"$name.sha256" && sha512sum "$name" >"$name.sha512")
 
-echo "dist: $out/$name ($(stat -c %s "$out/$name") bytes, glibc >= $glibc_needed)" >&2
+echo "dist: $out/$name ($(stat -c %s "$out/$name") bytes, static, $triple)" >&2
 sed 's/^/dist:   /' "$out/$name.sha256" >&2

@@ -434,3 +434,138 @@ fn coexists_with_iptables_nft_rules_and_a_drop_forward_policy() {
         "{ruleset}"
     );
 }
+
+/// The number of elements of set or map `name` in H's table.
+fn elements_in(w: &World, name: &str) -> usize {
+    cni_tests::nft::objects(&w.host, "inet")
+        .iter()
+        .filter_map(|o| o.get("map").or_else(|| o.get("set")))
+        .filter(|s| s["name"] == name)
+        .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// `n` TCP mappings from host ports `first..` to port 80.
+fn many(first: u16, n: u16) -> Value {
+    Value::Array((first..first + n).map(|p| tcp(p, 80)).collect())
+}
+
+#[test]
+fn a_thousand_mappings_ipv4_and_dual_stack() {
+    let w = World::new();
+    let (c1, c2) = (Netns::new("pm1"), Netns::new("pm2"));
+    let _s1 = Server::start(&c1, 80, "from c1");
+    let _s2 = Server::start(&c2, 80, "from c2");
+
+    // c1 with its IPv4 address only (portmap maps the families of prevResult).
+    let mut prev1 = w
+        .call("bridge", "ADD", "c1", &w.bridge_conf())
+        .netns(&c1)
+        .run()
+        .success();
+    let ips: Vec<Value> = prev1["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ip| ip["address"].as_str().unwrap().contains('.'))
+        .cloned()
+        .collect();
+    prev1["ips"] = Value::Array(ips);
+    let pm1 = w.portmap_conf(&prev1, many(20000, 1000), json!({}));
+    w.call("portmap", "ADD", "c1", &pm1)
+        .netns(&c1)
+        .run()
+        .success();
+    assert_eq!(elements_in(&w, "pm4-any"), 1000);
+    assert_eq!(elements_in(&w, "pm4-snat"), 1000);
+    for port in [20000, 20500, 20999] {
+        assert_eq!(
+            tcp_fetch(&w.client, &format!("{H_LAN}:{port}")).as_deref(),
+            Some("from c1"),
+            "{port}"
+        );
+    }
+    w.call("portmap", "CHECK", "c1", &pm1)
+        .netns(&c1)
+        .run()
+        .silent_success();
+
+    // c2 dual stack: 1,000 mappings in each family, one transaction.
+    let (_, pm2) = w.attach(&c2, "c2", many(30000, 1000), json!({}));
+    assert_eq!(elements_in(&w, "pm4-any"), 2000);
+    assert_eq!(elements_in(&w, "pm6-any"), 1000);
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("{H_LAN}:30999")).as_deref(),
+        Some("from c2")
+    );
+    // Let the container speak IPv6 first (see tcp_reaches_the_container_by_every_path).
+    assert!(c2.ping(&format!("fd21:{}::1", w.n)));
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("[{H_LAN6}]:30999")).as_deref(),
+        Some("from c2")
+    );
+    w.call("portmap", "CHECK", "c2", &pm2)
+        .netns(&c2)
+        .run()
+        .silent_success();
+
+    // DEL removes every one of them and answers 0.
+    for (id, ns, pm) in [("c1", &c1, &pm1), ("c2", &c2, &pm2)] {
+        w.call("portmap", "DEL", id, pm)
+            .netns(ns)
+            .run()
+            .silent_success();
+    }
+    for name in ["pm4-any", "pm6-any", "pm4-snat", "pm6-snat"] {
+        assert_eq!(elements_in(&w, name), 0, "{name}");
+    }
+    assert!(!w.nft().contains("pm/pmnet/"), "{}", w.nft());
+    assert_eq!(tcp_fetch(&w.client, &format!("{H_LAN}:20000")), None);
+}
+
+#[test]
+fn a_refused_batch_installs_nothing() {
+    let w = World::new();
+    let c1 = Netns::new("pm1");
+    // A map that holds only 10 elements, made before our first ADD: the
+    // kernel refuses the 11th element, so the whole ADD is refused.
+    cni_tests::nft::nft(
+        &w.host,
+        &[
+            "add table inet cni-rs; add map inet cni-rs pm4-any { type inet_proto . inet_service : ipv4_addr . inet_service; size 10; }",
+        ],
+    );
+    let prev = w
+        .call("bridge", "ADD", "c1", &w.bridge_conf())
+        .netns(&c1)
+        .run()
+        .success();
+    let pm = w.portmap_conf(&prev, many(20000, 50), json!({}));
+    let e = w
+        .call("portmap", "ADD", "c1", &pm)
+        .netns(&c1)
+        .run()
+        .error(5);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(msg.contains("set pm4-any"), "names what was refused: {e}");
+    // Nothing of it: no owner chain, no element, no port, no source.
+    assert!(!w.nft().contains("pm/pmnet/"), "{}", w.nft());
+    for name in [
+        "pm4-any", "pm6-any", "pm4-snat", "pm6-snat", "pm4-src", "pm6-src",
+    ] {
+        assert_eq!(elements_in(&w, name), 0, "{name}");
+    }
+    assert_eq!(tcp_fetch(&w.client, &format!("{H_LAN}:20000")), None);
+    // Within the limit it works, and DEL cleans up.
+    let pm = w.portmap_conf(&prev, many(20000, 10), json!({}));
+    w.call("portmap", "ADD", "c1", &pm)
+        .netns(&c1)
+        .run()
+        .success();
+    assert_eq!(elements_in(&w, "pm4-any"), 10);
+    w.call("portmap", "DEL", "c1", &pm)
+        .netns(&c1)
+        .run()
+        .silent_success();
+    assert_eq!(elements_in(&w, "pm4-any"), 0);
+}

@@ -10,23 +10,13 @@
 
 use std::io;
 
+use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ProtoTuple, Protocol, Tuple};
+
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::{self, Attrs, NfSocket};
+use crate::nfnetlink::NfSocket;
 
-const NFNL_SUBSYS_CTNETLINK: u8 = 1;
-// enum cntl_msg_types
-const IPCTNL_MSG_CT_GET: u8 = 1;
-const IPCTNL_MSG_CT_DELETE: u8 = 2;
-// enum ctattr_type
-const CTA_TUPLE_ORIG: u16 = 1;
+/// CTA_ZONE (enum ctattr_type), which the message crate does not type.
 const CTA_ZONE: u16 = 18;
-// enum ctattr_tuple
-const CTA_TUPLE_PROTO: u16 = 2;
-// enum ctattr_l4proto
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_DST_PORT: u16 = 3;
-
-const IPPROTO_UDP: u8 = 17;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// A dump the kernel marks as interrupted is done again this many times.
@@ -69,19 +59,10 @@ pub fn flush_udp_dport(family: Family, port: u16) -> Result<usize, KernelError> 
     for _ in 0..DUMP_ATTEMPTS {
         // Collect first, delete after: the socket answers one request at a
         // time, and the dump must be read to its end before the next.
-        let mut stale = Vec::new();
-        let interrupted = socket
-            .subsys_dump(NFNL_SUBSYS_CTNETLINK, af, IPCTNL_MSG_CT_GET, &[], |m| {
-                if m.family == af
-                    && let Some(entry) = Entry::parse(m.attrs)
-                    && entry.is_udp_to(port)
-                {
-                    stale.push(entry.delete_request());
-                }
-            })?
-            .map_err(|e| refused("list", e))?;
-        for attrs in stale {
-            match socket.subsys_ack(NFNL_SUBSYS_CTNETLINK, af, IPCTNL_MSG_CT_DELETE, &attrs)? {
+        let (entries, interrupted) = socket.conntrack_dump(af)?.map_err(|e| refused("list", e))?;
+        let stale = entries.iter().filter_map(|attrs| Entry::parse(attrs));
+        for entry in stale.filter(|e| e.is_udp_to(port)).collect::<Vec<_>>() {
+            match socket.conntrack_delete(af, entry.delete_request())? {
                 Ok(()) => deleted += 1,
                 Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
                 Err(e) => return Err(refused("delete", e)),
@@ -97,54 +78,57 @@ pub fn flush_udp_dport(family: Family, port: u16) -> Result<usize, KernelError> 
     ))
 }
 
-/// What one dumped entry (an IPCTNL_MSG_CT_NEW/GET message's attributes)
-/// says that matters here.
+/// What one dumped entry says that matters here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry<'a> {
-    /// CTA_TUPLE_ORIG, whole (header and payload) as the kernel wrote it.
-    tuple: &'a [u8],
-    /// CTA_ZONE, whole, when the entry is in a non-default zone.
-    zone: Option<&'a [u8]>,
-    /// CTA_PROTO_NUM of the original tuple.
+    /// CTA_TUPLE_ORIG, as the kernel wrote it.
+    tuple: &'a [Tuple],
+    /// CTA_ZONE, when the entry is in a non-default zone.
+    zone: Option<&'a ConntrackAttribute>,
+    /// The protocol of the original tuple.
     proto: Option<u8>,
-    /// CTA_PROTO_DST_PORT of the original tuple (sent in network order).
+    /// The destination port of the original tuple.
     dport: Option<u16>,
 }
 
 impl<'a> Entry<'a> {
     /// None for an entry without an original tuple (nothing to delete it by).
-    fn parse(attrs: &'a [u8]) -> Option<Entry<'a>> {
-        let tuple = nfnetlink::raw_attr(attrs, CTA_TUPLE_ORIG)?;
-        let l4 = Attrs(&tuple[4..]).get(CTA_TUPLE_PROTO).map(Attrs);
-        let proto = l4
-            .as_ref()
-            .and_then(|a| a.get(CTA_PROTO_NUM))
-            .and_then(|v| v.first().copied());
-        let dport = l4
-            .as_ref()
-            .and_then(|a| a.get(CTA_PROTO_DST_PORT))
-            .and_then(|v| v.get(0..2))
-            .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    fn parse(attrs: &'a [ConntrackAttribute]) -> Option<Entry<'a>> {
+        let tuple = attrs.iter().find_map(|a| match a {
+            ConntrackAttribute::CtaTupleOrig(t) => Some(t.as_slice()),
+            _ => None,
+        })?;
+        let l4 = tuple.iter().find_map(|t| match t {
+            Tuple::Proto(p) => Some(p),
+            _ => None,
+        });
+        let l4 = l4.map(Vec::as_slice).unwrap_or_default();
         Some(Entry {
             tuple,
-            zone: nfnetlink::raw_attr(attrs, CTA_ZONE),
-            proto,
-            dport,
+            zone: attrs.iter().find(|a| {
+                matches!(a, ConntrackAttribute::Other(n)
+                    if netlink_packet_core::Nla::kind(n) & 0x3fff == CTA_ZONE)
+            }),
+            proto: l4.iter().find_map(|p| match p {
+                ProtoTuple::Protocol(p) => Some(u8::from(*p)),
+                _ => None,
+            }),
+            dport: l4.iter().find_map(|p| match p {
+                ProtoTuple::DestinationPort(p) => Some(*p),
+                _ => None,
+            }),
         })
     }
 
     fn is_udp_to(&self, port: u16) -> bool {
-        self.proto == Some(IPPROTO_UDP) && self.dport == Some(port)
+        self.proto == Some(u8::from(Protocol::Udp)) && self.dport == Some(port)
     }
 
     /// The attributes of the IPCTNL_MSG_CT_DELETE for this entry. The tuple
     /// must be there: a delete without one flushes the whole table.
-    fn delete_request(&self) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        nfnetlink::put_raw_attr(&mut attrs, self.tuple);
-        if let Some(zone) = self.zone {
-            nfnetlink::put_raw_attr(&mut attrs, zone);
-        }
+    fn delete_request(&self) -> Vec<ConntrackAttribute> {
+        let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(self.tuple.to_vec())];
+        attrs.extend(self.zone.cloned());
         attrs
     }
 }
@@ -152,73 +136,58 @@ impl<'a> Entry<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nfnetlink::{messages, put_attr, subsys_message, subsys_request};
+    use netlink_packet_core::{DefaultNla, Emitable, NlaBuffer, NlasIterator, Parseable};
+    use netlink_packet_netfilter::conntrack::IPTuple;
 
-    const NESTED: u16 = 0x8000;
-    const CTA_TUPLE_IP: u16 = 1;
-    const CTA_IP_V4_SRC: u16 = 1;
-    const CTA_IP_V4_DST: u16 = 2;
-    const CTA_PROTO_SRC_PORT: u16 = 2;
-    const CTA_TUPLE_REPLY: u16 = 2;
-    const CTA_STATUS: u16 = 3;
-    const CTA_TIMEOUT: u16 = 7;
-    const CTA_ID: u16 = 12;
-
-    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        put_attr(&mut v, kind, payload);
-        v
-    }
-
-    /// A tuple as the kernel writes it: addresses, then protocol and ports.
-    fn tuple(kind: u16, src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-        let ip = [nla(CTA_IP_V4_SRC, &src), nla(CTA_IP_V4_DST, &dst)].concat();
-        let l4 = [
-            nla(CTA_PROTO_NUM, &[proto]),
-            nla(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
-            nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+    fn tuple(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<Tuple> {
+        vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(src.into()),
+                IPTuple::DestinationAddress(dst.into()),
+            ]),
+            Tuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::from(proto)),
+                ProtoTuple::SourcePort(sport),
+                ProtoTuple::DestinationPort(dport),
+            ]),
         ]
-        .concat();
-        nla(
-            kind | NESTED,
-            &[
-                nla(CTA_TUPLE_IP | NESTED, &ip),
-                nla(CTA_TUPLE_PROTO | NESTED, &l4),
-            ]
-            .concat(),
-        )
     }
 
-    /// An entry's attributes, in the kernel's order, with an optional zone.
-    fn entry(proto: u8, dport: u16, zone: Option<u16>) -> Vec<u8> {
-        let mut v = tuple(
-            CTA_TUPLE_ORIG,
-            [10, 0, 0, 1],
-            [10, 0, 0, 2],
-            proto,
-            1000,
-            dport,
-        );
-        v.extend(tuple(
-            CTA_TUPLE_REPLY,
-            [10, 0, 0, 2],
-            [10, 0, 0, 1],
-            proto,
-            dport,
-            1000,
-        ));
-        if let Some(z) = zone {
-            v.extend(nla(CTA_ZONE, &z.to_be_bytes()));
-        }
-        v.extend(nla(CTA_STATUS, &8u32.to_be_bytes()));
-        v.extend(nla(CTA_TIMEOUT, &30u32.to_be_bytes()));
-        v.extend(nla(CTA_ID, &0xdead_beefu32.to_be_bytes()));
-        v
+    fn zone(z: u16) -> ConntrackAttribute {
+        ConntrackAttribute::Other(DefaultNla::new(CTA_ZONE, z.to_be_bytes().to_vec()))
+    }
+
+    /// An entry's attributes as the kernel sends them (written, then read
+    /// back by the message crate), with an optional zone.
+    fn entry(proto: u8, dport: u16, z: Option<u16>) -> Vec<ConntrackAttribute> {
+        let mut attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+                proto,
+                1000,
+                dport,
+            )),
+            ConntrackAttribute::CtaTupleReply(tuple(
+                [10, 0, 0, 2],
+                [10, 0, 0, 1],
+                proto,
+                dport,
+                1000,
+            )),
+            ConntrackAttribute::CtaTimeout(30),
+        ];
+        attrs.extend(z.map(zone));
+        let mut buf = vec![0u8; attrs.as_slice().buffer_len()];
+        attrs.as_slice().emit(&mut buf);
+        NlasIterator::new(&buf[..])
+            .map(|nla| ConntrackAttribute::parse(&nla.unwrap()).unwrap())
+            .collect()
     }
 
     #[test]
     fn the_original_direction_is_matched_not_the_reply() {
-        let udp = entry(IPPROTO_UDP, 5353, None);
+        let udp = entry(17, 5353, None);
         let e = Entry::parse(&udp).unwrap();
         assert_eq!(e.proto, Some(17));
         assert_eq!(e.dport, Some(5353));
@@ -229,108 +198,49 @@ mod tests {
 
         let tcp = entry(6, 5353, None);
         assert!(!Entry::parse(&tcp).unwrap().is_udp_to(5353));
-        // Port bytes are read in network order: 5353 = 0x14e9, not 0xe914.
-        let other = entry(IPPROTO_UDP, 0xe914, None);
+        let other = entry(17, 0xe914, None);
         assert!(!Entry::parse(&other).unwrap().is_udp_to(5353));
     }
 
     #[test]
     fn the_delete_request_carries_the_tuple_and_zone_as_received() {
-        let attrs = entry(IPPROTO_UDP, 5353, Some(7));
+        let attrs = entry(17, 5353, Some(7));
         let e = Entry::parse(&attrs).unwrap();
-        let orig = tuple(CTA_TUPLE_ORIG, [10, 0, 0, 1], [10, 0, 0, 2], 17, 1000, 5353);
-        // Byte for byte, the nested flag included.
-        assert_eq!(e.tuple, &orig[..]);
-        assert_eq!(e.zone, Some(&nla(CTA_ZONE, &7u16.to_be_bytes())[..6]));
-
         let req = e.delete_request();
-        assert_eq!(req.len() % 4, 0);
-        let kinds: Vec<u16> = Attrs(&req).map(|(k, _)| k).collect();
-        assert_eq!(kinds, [CTA_TUPLE_ORIG, CTA_ZONE]);
-        assert_eq!(&req[..orig.len()], &orig[..]);
-        assert_eq!(Attrs(&req).get(CTA_ZONE), Some(&7u16.to_be_bytes()[..]));
+        assert_eq!(req.len(), 2);
+        assert_eq!(req[0], attrs[0], "the original tuple, as received");
+        assert_eq!(req[1], zone(7));
+        // Written, the tuple's ports are in network order.
+        let mut buf = vec![0u8; req.as_slice().buffer_len()];
+        req.as_slice().emit(&mut buf);
+        let dport = 5353u16.to_be_bytes();
+        assert!(buf.windows(2).any(|w| w == dport));
+        let first = NlaBuffer::new_checked(&buf[..]).unwrap();
+        assert_eq!(first.kind() & 0x3fff, 1, "CTA_TUPLE_ORIG first");
 
         // Without a zone, only the tuple.
-        let attrs = entry(IPPROTO_UDP, 5353, None);
-        assert_eq!(Entry::parse(&attrs).unwrap().delete_request(), orig);
+        let attrs = entry(17, 5353, None);
+        assert_eq!(Entry::parse(&attrs).unwrap().delete_request().len(), 1);
     }
 
     #[test]
     fn incomplete_entries_never_match() {
         // No original tuple: nothing to delete by.
-        let reply_only = tuple(
-            CTA_TUPLE_REPLY,
+        let reply_only = vec![ConntrackAttribute::CtaTupleReply(tuple(
             [10, 0, 0, 2],
             [10, 0, 0, 1],
             17,
             5353,
             1000,
-        );
+        ))];
         assert_eq!(Entry::parse(&reply_only), None);
         assert_eq!(Entry::parse(&[]), None);
         // A tuple without its protocol part.
-        let ip_only = nla(
-            CTA_TUPLE_ORIG | NESTED,
-            &nla(CTA_TUPLE_IP | NESTED, &nla(CTA_IP_V4_SRC, &[10, 0, 0, 1])),
-        );
+        let ip_only = vec![ConntrackAttribute::CtaTupleOrig(vec![Tuple::Ip(vec![
+            IPTuple::SourceAddress([10, 0, 0, 1].into()),
+        ])])];
         let e = Entry::parse(&ip_only).unwrap();
         assert_eq!((e.proto, e.dport), (None, None));
         assert!(!e.is_udp_to(5353));
-        // A truncated port.
-        let l4 = [nla(CTA_PROTO_NUM, &[17]), nla(CTA_PROTO_DST_PORT, &[0x14])].concat();
-        let short = nla(CTA_TUPLE_ORIG | NESTED, &nla(CTA_TUPLE_PROTO | NESTED, &l4));
-        assert!(!Entry::parse(&short).unwrap().is_udp_to(5353));
-        // An attribute running past the end of the message.
-        let mut cut = entry(IPPROTO_UDP, 5353, None);
-        cut[0] = 0xff;
-        assert_eq!(Entry::parse(&cut), None);
-    }
-
-    #[test]
-    fn requests_and_replies_are_ctnetlink_messages() {
-        let attrs = entry(IPPROTO_UDP, 5353, None);
-        let req = subsys_request(
-            NFNL_SUBSYS_CTNETLINK,
-            IPCTNL_MSG_CT_DELETE,
-            0x5,
-            9,
-            AF_INET6,
-            &attrs,
-        );
-        let msgs = messages(&req).unwrap();
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(msgs[0].msg_type, 0x0102);
-        assert_eq!(msgs[0].flags, 0x5);
-        assert_eq!(msgs[0].seq, 9);
-        assert_eq!(&msgs[0].payload[..4], &[10, 0, 0, 0]);
-        let dump = subsys_request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, 0x301, 1, 2, &[]);
-        assert_eq!(messages(&dump).unwrap()[0].msg_type, 0x0101);
-        assert_eq!(dump.len(), 20);
-
-        // A reply read back: its family, type and attributes.
-        let m = subsys_message(NFNL_SUBSYS_CTNETLINK, &msgs[0]).unwrap();
-        assert_eq!((m.msg_type, m.family), (IPCTNL_MSG_CT_DELETE, AF_INET6));
-        assert!(Entry::parse(m.attrs).unwrap().is_udp_to(5353));
-        // Not ours: another subsystem (nf_tables), or too short.
-        let nft = subsys_request(10, 1, 0, 1, 2, &[]);
-        assert_eq!(subsys_message(1, &messages(&nft).unwrap()[0]), None);
-        let mut short = messages(&dump).unwrap()[0].clone();
-        short.payload = &[2, 0];
-        assert_eq!(subsys_message(1, &short), None);
-    }
-
-    #[test]
-    fn raw_attributes_are_found_whole() {
-        let mut buf = nla(1, &[1, 2, 3]); // 7 bytes, padded to 8
-        buf.extend(nla(5 | NESTED, &[9; 6]));
-        assert_eq!(nfnetlink::raw_attr(&buf, 1), Some(&buf[..7]));
-        assert_eq!(nfnetlink::raw_attr(&buf, 5), Some(&buf[8..18]));
-        assert_eq!(nfnetlink::raw_attr(&buf, 2), None);
-        let mut out = Vec::new();
-        nfnetlink::put_raw_attr(&mut out, &buf[..7]);
-        assert_eq!(out, &buf[..8]);
-        // Malformed lengths end the search.
-        assert_eq!(nfnetlink::raw_attr(&[2, 0, 1, 0], 1), None);
-        assert_eq!(nfnetlink::raw_attr(&[40, 0, 1, 0, 0, 0], 1), None);
     }
 }

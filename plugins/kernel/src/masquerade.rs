@@ -31,45 +31,38 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Ipv4HeaderField, Ipv6HeaderField, Masquerade, Meta, NetworkHeaderField,
-    Payload,
-};
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
+use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::Attrs;
-use crate::nft::{
-    self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_PAYLOAD_NETWORK_HEADER,
+use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
+use crate::nft_batch::{
+    BaseHook, Batch, Family, IPV4_ADDR, IPV6_ADDR, NF_INET_POST_ROUTING, SetSpec,
 };
-use crate::nft_ffi::{IPV4_ADDR, IPV6_ADDR, VerdictLookup};
+use crate::nft_expr::{
+    self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_REG_1,
+    NFT_REG_VERDICT, NftExpr,
+};
 
 pub use crate::nft::{NftOwner, NftOwner as MasqOwner, TABLE};
 
-const MASQ4: MapSpec = MapSpec {
-    name: "masq4",
-    key: IPV4_ADDR,
-    id: 1,
-};
-const MASQ6: MapSpec = MapSpec {
-    name: "masq6",
-    key: IPV6_ADDR,
-    id: 2,
-};
+const MASQ4: SetSpec = nft::verdict_map("masq4", IPV4_ADDR, 1);
+const MASQ6: SetSpec = nft::verdict_map("masq6", IPV6_ADDR, 2);
 
 /// Base chain `masquerading` in `inet cni-rs`, nat hooked at postrouting
 /// with priority 100 (srcnat), dispatching to the regular chains
 /// `masq/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
-    family: ProtoFamily::Inet,
+    family: Family::Inet,
     prefix: "masq",
     what: "masquerade",
     bases: &[BaseChain {
         name: "masquerading",
-        chain_type: ChainType::Nat,
-        hook: Hook::PostRouting,
-        priority: 100,
+        hook: BaseHook {
+            chain_type: "nat",
+            hook: NF_INET_POST_ROUTING,
+            priority: 100,
+        },
         rules: dispatch,
     }],
     maps: &[MASQ4, MASQ6],
@@ -79,23 +72,18 @@ const KIND: ChainKind = ChainKind {
 
 /// The base chain's rules: `meta nfproto ipv4 ip saddr vmap @masq4` and
 /// `meta nfproto ipv6 ip6 saddr vmap @masq6`.
-fn dispatch(batch: &mut Batch, chain: &Chain) {
-    use Ipv4HeaderField::Saddr as Saddr4;
-    use Ipv6HeaderField::Saddr as Saddr6;
+fn dispatch(batch: &mut Batch, chain: &str) {
     for (nfproto, saddr, map) in [
-        (libc::NFPROTO_IPV4, NetworkHeaderField::Ipv4(Saddr4), &MASQ4),
-        (libc::NFPROTO_IPV6, NetworkHeaderField::Ipv6(Saddr6), &MASQ6),
+        (libc::NFPROTO_IPV4, IPV4_SADDR, &MASQ4),
+        (libc::NFPROTO_IPV6, IPV6_SADDR, &MASQ6),
     ] {
-        let name = nft::cstring(map.name);
-        let mut rule = Rule::new(chain);
-        rule.add_expr(&Meta::NfProto);
-        rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto as u8));
-        rule.add_expr(&Payload::Network(saddr));
-        rule.add_expr(&VerdictLookup {
-            map: &name,
-            map_id: map.id,
-        });
-        batch.add(&rule, MsgType::Add);
+        let exprs = vec![
+            e::meta(NFT_META_NFPROTO, NFT_REG_1),
+            e::cmp(NFT_CMP_EQ, &[nfproto as u8]),
+            e::payload(NFT_PAYLOAD_NETWORK_HEADER, saddr, NFT_REG_1),
+            e::lookup(map.name, map.id, NFT_REG_1, Some(NFT_REG_VERDICT)),
+        ];
+        batch.add_rule(Family::Inet, chain, exprs, None);
     }
 }
 
@@ -112,57 +100,68 @@ fn key(ip: &IpAddr) -> MapKey {
         },
     }
 }
-/// Offsets and lengths of the source address in the IPv4 and IPv6 headers.
+/// Offsets and lengths of the source and destination addresses in the IPv4
+/// and IPv6 headers.
 const IPV4_SADDR: (u32, u32) = (12, 4);
 const IPV6_SADDR: (u32, u32) = (8, 16);
+const IPV4_DADDR: (u32, u32) = (16, 4);
+const IPV6_DADDR: (u32, u32) = (24, 16);
 
 /// Load `field` and go on only when it lies outside `net`/`mask` (a prefix
 /// match is a load, a mask and a compare; a full mask needs no bitwise).
-fn not_in(rule: &mut Rule, field: NetworkHeaderField, net: &[u8], mask: &[u8]) {
-    rule.add_expr(&Payload::Network(field));
+fn not_in(exprs: &mut Vec<NftExpr>, field: (u32, u32), net: &[u8], mask: &[u8]) {
+    exprs.push(e::payload(NFT_PAYLOAD_NETWORK_HEADER, field, NFT_REG_1));
     if mask.iter().any(|b| *b != 0xff) {
         let net: Vec<u8> = net.iter().zip(mask).map(|(n, m)| n & m).collect();
-        rule.add_expr(&Bitwise::new(mask, &vec![0u8; mask.len()][..]));
-        rule.add_expr(&Cmp::new(CmpOp::Neq, &net[..]));
+        exprs.push(e::bitwise(mask, &vec![0u8; mask.len()]));
+        exprs.push(e::cmp(NFT_CMP_NEQ, &net));
     } else {
-        rule.add_expr(&Cmp::new(CmpOp::Neq, net));
+        exprs.push(e::cmp(NFT_CMP_NEQ, net));
     }
 }
 
-/// The masquerade rule for one container address, in `chain`.
-fn rule<'a>(chain: &'a Chain<'a>, addr: &IpNetwork, comment: &str) -> Rule<'a> {
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&Meta::NfProto);
+/// The masquerade rule for one container address.
+fn rule(addr: &IpNetwork) -> Vec<NftExpr> {
+    let mut exprs = vec![e::meta(NFT_META_NFPROTO, NFT_REG_1)];
     match addr {
         IpNetwork::V4(n) => {
-            use Ipv4HeaderField::{Daddr, Saddr};
-            rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV4 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(Saddr)));
-            rule.add_expr(&Cmp::new(CmpOp::Eq, n.ip()));
-            let daddr = NetworkHeaderField::Ipv4(Daddr);
-            not_in(&mut rule, daddr, &n.network().octets(), &n.mask().octets());
-            let multicast = Ipv4Addr::new(224, 0, 0, 0).octets();
+            exprs.push(e::cmp(NFT_CMP_EQ, &[libc::NFPROTO_IPV4 as u8]));
+            exprs.push(e::payload(
+                NFT_PAYLOAD_NETWORK_HEADER,
+                IPV4_SADDR,
+                NFT_REG_1,
+            ));
+            exprs.push(e::cmp(NFT_CMP_EQ, &n.ip().octets()));
             not_in(
-                &mut rule,
-                daddr,
-                &multicast,
-                &Ipv4Addr::new(240, 0, 0, 0).octets(),
+                &mut exprs,
+                IPV4_DADDR,
+                &n.network().octets(),
+                &n.mask().octets(),
             );
+            let multicast = Ipv4Addr::new(224, 0, 0, 0).octets();
+            let mask = Ipv4Addr::new(240, 0, 0, 0).octets();
+            not_in(&mut exprs, IPV4_DADDR, &multicast, &mask);
         }
         IpNetwork::V6(n) => {
-            use Ipv6HeaderField::{Daddr, Saddr};
-            rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV6 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv6(Saddr)));
-            rule.add_expr(&Cmp::new(CmpOp::Eq, n.ip()));
-            let daddr = NetworkHeaderField::Ipv6(Daddr);
-            not_in(&mut rule, daddr, &n.network().octets(), &n.mask().octets());
+            exprs.push(e::cmp(NFT_CMP_EQ, &[libc::NFPROTO_IPV6 as u8]));
+            exprs.push(e::payload(
+                NFT_PAYLOAD_NETWORK_HEADER,
+                IPV6_SADDR,
+                NFT_REG_1,
+            ));
+            exprs.push(e::cmp(NFT_CMP_EQ, &n.ip().octets()));
+            not_in(
+                &mut exprs,
+                IPV6_DADDR,
+                &n.network().octets(),
+                &n.mask().octets(),
+            );
             let multicast = Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).octets();
-            not_in(&mut rule, daddr, &multicast, &multicast);
+            not_in(&mut exprs, IPV6_DADDR, &multicast, &multicast);
         }
     }
-    rule.add_expr(&Masquerade);
-    nft::set_comment(&mut rule, comment);
-    rule
+    exprs.push(e::masquerade());
+    exprs
 }
 
 /// Install or replace the owner's rules for `addrs` in one transaction
@@ -178,7 +177,7 @@ pub fn add(owner: &NftOwner, addrs: &[IpNetwork]) -> Result<(), KernelError> {
     let keys: Vec<MapKey> = addrs.iter().map(|a| key(&a.ip())).collect();
     KIND.replace(owner, "add masquerade", &keys, |batch, chain, comment| {
         for addr in addrs {
-            batch.add(&rule(chain, addr, comment), MsgType::Add);
+            batch.add_rule(Family::Inet, chain, rule(addr), Some(comment));
         }
     })
 }
@@ -195,17 +194,12 @@ pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
 /// `None` when the chain does not exist.
 pub fn installed(owner: &NftOwner) -> Result<Option<Vec<IpAddr>>, KernelError> {
     let rules = KIND.rules(owner, "list masquerade")?;
-    Ok(rules.map(|rules| {
-        rules
-            .iter()
-            .filter_map(|r| rule_source(r.attrs()))
-            .collect()
-    }))
+    Ok(rules.map(|rules| rules.iter().filter_map(rule_source).collect()))
 }
 
 /// The source address a masquerade rule matches: the value of the first
 /// `cmp eq` on the IPv4 or IPv6 source address loaded by a payload expression.
-fn rule_source(rule: Attrs) -> Option<IpAddr> {
+fn rule_source(rule: &RuleMessage) -> Option<IpAddr> {
     let mut loaded = None; // (offset, len) of the last network-header load
     for e in nft::exprs(rule) {
         match e {
@@ -248,9 +242,7 @@ pub fn available() -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, rule_attrs, written};
-    use crate::nft::{NFT_CMP_NEQ, TABLE, cstring};
-    use nftnl::Table;
+    use crate::nft::test_util::{cmp, expr, rule_attrs, rules};
 
     fn owner<'a>(network: &'a str, cid: &'a str, ifname: &'a str) -> MasqOwner<'a> {
         MasqOwner {
@@ -284,11 +276,11 @@ mod tests {
         assert!(e.to_string().contains("too long for masquerade"), "{e}");
     }
 
-    fn payload(offset: u32, len: u32) -> Vec<u8> {
+    fn payload(offset: u32, len: u32) -> NftExpr {
         crate::nft::test_util::payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)
     }
 
-    fn rule_of(exprs: &[Vec<u8>]) -> Vec<u8> {
+    fn rule_of(exprs: &[NftExpr]) -> RuleMessage {
         rule_attrs("masq/n/c/eth0", exprs)
     }
 
@@ -304,7 +296,7 @@ mod tests {
             cmp(NFT_CMP_NEQ, &[10, 1, 0, 0]),
             expr("masq", &[]),
         ]);
-        assert_eq!(rule_source(Attrs(&v4)), Some("10.1.0.5".parse().unwrap()));
+        assert_eq!(rule_source(&v4), Some("10.1.0.5".parse().unwrap()));
 
         let ip6: Ipv6Addr = "fd00::5".parse().unwrap();
         let v6 = rule_of(&[
@@ -314,7 +306,7 @@ mod tests {
             cmp(NFT_CMP_EQ, &ip6.octets()),
             expr("masq", &[]),
         ]);
-        assert_eq!(rule_source(Attrs(&v6)), Some(IpAddr::V6(ip6)));
+        assert_eq!(rule_source(&v6), Some(IpAddr::V6(ip6)));
 
         // A destination match, a `!=` on the source, or a compare not right
         // after the load is no source address.
@@ -328,33 +320,28 @@ mod tests {
             cmp(NFT_CMP_EQ, &[10, 1, 0, 7]),
             expr("masq", &[]),
         ]);
-        assert_eq!(rule_source(Attrs(&none)), None);
-        assert_eq!(rule_source(Attrs(&rule_of(&[]))), None);
-        assert_eq!(rule_source(Attrs(&[])), None);
+        assert_eq!(rule_source(&none), None);
+        assert_eq!(rule_source(&rule_of(&[])), None);
     }
 
-    /// What nftnl writes for our rules is what the parser reads back (the
+    /// What we write for our rules is what the parser reads back (the
     /// kernel dumps rules with the same attributes).
     #[test]
-    fn rules_built_with_nftnl_parse_back() {
-        let table = Table::new(cstring(TABLE), ProtoFamily::Inet);
-        let chain = Chain::new(c"masq/n/c/eth0", &table);
+    fn rules_we_write_parse_back() {
         for (addr, ip) in [
             ("10.1.0.5/16", "10.1.0.5"),
             ("10.1.0.5/32", "10.1.0.5"),
             ("fd00:1::5/64", "fd00:1::5"),
             ("fd00:1::5/128", "fd00:1::5"),
         ] {
-            let rule = rule(
-                &chain,
-                &addr.parse().unwrap(),
-                "cni-rs masquerade: n c eth0",
-            );
-            let attrs = written(&rule, "masq/n/c/eth0");
+            let mut batch = Batch::new();
+            let chain = "masq/n/c/eth0";
+            batch.add_rule(Family::Inet, chain, rule(&addr.parse().unwrap()), Some("c"));
+            let written = rules(&batch, chain).remove(0);
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(rule_source(Attrs(&attrs)), Some(ip), "{addr}");
+            assert_eq!(rule_source(&written), Some(ip), "{addr}");
             // The key DEL and CHECK look up is the element ADD writes.
-            assert_eq!((KIND.rule_key)(Attrs(&attrs)), Some(key(&ip)), "{addr}");
+            assert_eq!((KIND.rule_key)(&written), Some(key(&ip)), "{addr}");
         }
     }
 }

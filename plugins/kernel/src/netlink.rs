@@ -1,30 +1,258 @@
-//! A blocking rtnetlink socket: one request, then its acknowledgement or its
-//! dump. A plugin makes a handful of requests per run, so a synchronous
-//! exchange is all it needs, and it keeps plugin code top to bottom.
+//! One blocking netlink socket type for every family we speak (rtnetlink
+//! for links, addresses and routes; nfnetlink for nf_tables and conntrack),
+//! generic over the message type of the family: one request, then its
+//! acknowledgement or its dump; or a batch of requests in one datagram. A
+//! plugin makes a handful of requests per run, so a synchronous exchange is
+//! all it needs, and it keeps plugin code top to bottom.
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{SocketAddr, protocols::NETLINK_ROUTE};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::error::{KernelError, Result};
 
-pub struct Netlink {
-    socket: Socket,
+/// NLM_F_DUMP_INTR: the dump was interrupted by a concurrent change.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+
+/// A failure of one exchange: the kernel refused (its errno, and the
+/// sequence number of the message it refused), or the transport failed.
+#[derive(Debug)]
+pub enum Failure {
+    Refused { errno: io::Error, seq: u32 },
+    Io(io::Error),
+    Decode(String),
+}
+
+impl Failure {
+    /// As a kernel error of operation `op` (for callers with nothing
+    /// better to name).
+    pub fn into_kernel(self, op: &'static str) -> KernelError {
+        match self {
+            Failure::Refused { errno, .. } | Failure::Io(errno) => {
+                KernelError::Netlink { op, source: errno }
+            }
+            Failure::Decode(detail) => KernelError::Decode { op, detail },
+        }
+    }
+}
+
+/// What a request gathered: the replies, and whether a dump was
+/// interrupted by a concurrent change.
+pub struct Replies<M> {
+    pub messages: Vec<M>,
+    pub interrupted: bool,
+}
+
+/// A netlink socket of one protocol in the namespace it was opened in,
+/// exchanging messages of type `M`.
+pub struct Socket<M> {
+    socket: netlink_sys::Socket,
     seq: u32,
+    _messages: PhantomData<M>,
+}
+
+impl<M> Socket<M>
+where
+    M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
+    /// Open a socket of `protocol` in the calling thread's network namespace.
+    pub fn open(protocol: isize) -> io::Result<Self> {
+        let mut socket = netlink_sys::Socket::new(protocol)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Extended acks make the kernel say what it disliked, and capped
+        // acks carry only the header of what they answer (a refused batch
+        // of thousands of messages must not overflow the receive buffer
+        // with copies of them); both best effort.
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
+        Ok(Socket {
+            socket,
+            seq: 0,
+            _messages: PhantomData,
+        })
+    }
+
+    /// The next `n` sequence numbers; returns the first.
+    pub fn reserve_seq(&mut self, n: u32) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(n);
+        first
+    }
+
+    /// Let one datagram of `len` bytes through, and `replies` error replies
+    /// back: the defaults (~208 KiB each way) hold a few hundred messages.
+    /// As root the limits are forced past the system maximum, as nft does.
+    pub fn size_for(&self, len: usize, replies: usize) {
+        let fd = self.socket.as_fd();
+        let send = len + 4096;
+        if send > 200 * 1024 && setsockopt(&fd, sockopt::SndBufForce, &send).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &send);
+        }
+        // A capped ack costs about 1 KiB of receive buffer (its skb).
+        let recv = replies * 1024;
+        if recv > 200 * 1024 && setsockopt(&fd, sockopt::RcvBufForce, &recv).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &recv);
+        }
+    }
+
+    /// Serialize `msg` with `flags` and sequence number `seq` onto `buf`.
+    pub fn encode(buf: &mut Vec<u8>, msg: M, flags: u16, seq: u32) {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let start = buf.len();
+        buf.resize(start + packet.buffer_len(), 0);
+        packet.serialize(&mut buf[start..]);
+        buf.resize(buf.len().next_multiple_of(4), 0);
+    }
+
+    /// One request; its replies until the acknowledgement, the end of the
+    /// dump, or (a GET without ack) the first reply.
+    pub fn request(&mut self, msg: M, flags: u16) -> Result<Replies<M>, Failure> {
+        let seq = self.reserve_seq(1);
+        let mut buf = Vec::new();
+        Self::encode(&mut buf, msg, flags, seq);
+        self.socket.send(&buf, 0).map_err(Failure::Io)?;
+        let single = flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0;
+        let mut replies = Replies {
+            messages: Vec::new(),
+            interrupted: false,
+        };
+        loop {
+            let (data, _) = self.socket.recv_from_full().map_err(Failure::Io)?;
+            if data.is_empty() {
+                return Err(Failure::Decode("empty datagram".to_owned()));
+            }
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
+                    .map_err(|e| Failure::Decode(e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len.next_multiple_of(4);
+                if reply.header.sequence_number != seq {
+                    continue; // a late reply to an earlier request
+                }
+                if reply.header.flags & NLM_F_DUMP_INTR != 0 {
+                    replies.interrupted = true;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(Failure::Refused {
+                            errno: e.to_io(),
+                            seq,
+                        });
+                    }
+                    // A dump that failed part way ends with its errno.
+                    NetlinkPayload::Done(d) if d.code < 0 => {
+                        return Err(Failure::Refused {
+                            errno: io::Error::from_raw_os_error(-d.code),
+                            seq,
+                        });
+                    }
+                    // An ack (error code 0) or the end of a dump.
+                    NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.messages.push(m);
+                        if single {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Send a datagram of messages whose sequence numbers run from `first`
+    /// to `last` and read every reply the kernel queued for them: the
+    /// kernel handles a datagram inside `send`, so by the time it returns
+    /// every acknowledgement and error is queued. Returns the first error,
+    /// else Ok once message `last` (the only one asking for an ack) is
+    /// acknowledged.
+    pub fn send_batch(&mut self, datagram: &[u8], first: u32, last: u32) -> Result<(), Failure> {
+        self.socket.send(datagram, 0).map_err(Failure::Io)?;
+        self.socket.set_non_blocking(true).map_err(Failure::Io)?;
+        let outcome = self.batch_replies(first, last);
+        self.socket.set_non_blocking(false).map_err(Failure::Io)?;
+        outcome
+    }
+
+    fn batch_replies(&mut self, first: u32, last: u32) -> Result<(), Failure> {
+        let ours = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
+        let mut refused = None;
+        let mut acked = false;
+        loop {
+            let data = match self.socket.recv_from_full() {
+                Ok((data, _)) => data,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // More errors than the buffer held: the first one is kept.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) && refused.is_some() => {
+                    continue;
+                }
+                Err(e) => return Err(Failure::Io(e)),
+            };
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
+                    .map_err(|e| Failure::Decode(e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len.next_multiple_of(4);
+                let seq = reply.header.sequence_number;
+                if !ours(seq) {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = reply.payload {
+                    match e.code {
+                        Some(_) if refused.is_none() => {
+                            refused = Some(Failure::Refused {
+                                errno: e.to_io(),
+                                seq,
+                            })
+                        }
+                        Some(_) => {}
+                        None => acked |= seq == last,
+                    }
+                }
+            }
+        }
+        match refused {
+            Some(f) => Err(f),
+            None if acked => Ok(()),
+            None => Err(Failure::Decode(format!(
+                "no acknowledgement for batch message {last}"
+            ))),
+        }
+    }
+}
+
+/// The rtnetlink socket: requests built with `rtnetlink`'s message types.
+pub struct Netlink {
+    socket: Socket<RouteNetlinkMessage>,
 }
 
 impl Netlink {
     /// Open a socket in the calling thread's network namespace.
     pub fn open() -> Result<Netlink> {
-        let io = |source| KernelError::Netlink { op: "open", source };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
-        socket.bind_auto().map_err(io)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
-        // Extended acks make the kernel say what it disliked; best effort.
-        let _ = socket.set_ext_ack(true);
-        Ok(Netlink { socket, seq: 0 })
+        let socket = Socket::open(NETLINK_ROUTE)
+            .map_err(|source| KernelError::Netlink { op: "open", source })?;
+        Ok(Netlink { socket })
     }
 
     /// Send a request that changes state and wait for its acknowledgement.
@@ -34,8 +262,10 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<()> {
-        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_ACK | flags)
+        self.socket
+            .request(msg, NLM_F_REQUEST | NLM_F_ACK | flags)
             .map(|_| ())
+            .map_err(|f| f.into_kernel(op))
     }
 
     /// Send a dump request and collect every reply.
@@ -44,7 +274,10 @@ impl Netlink {
         op: &'static str,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_DUMP)
+        self.socket
+            .request(msg, NLM_F_REQUEST | NLM_F_DUMP)
+            .map(|r| r.messages)
+            .map_err(|f| f.into_kernel(op))
     }
 
     /// Send a request that answers with one object (a GET by name or index).
@@ -53,63 +286,9 @@ impl Netlink {
         op: &'static str,
         msg: RouteNetlinkMessage,
     ) -> Result<Option<RouteNetlinkMessage>> {
-        Ok(self.exchange(op, msg, NLM_F_REQUEST)?.into_iter().next())
-    }
-
-    fn exchange(
-        &mut self,
-        op: &'static str,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        let io = |source| KernelError::Netlink { op, source };
-        self.socket.send(&buf, 0).map_err(io)?;
-
-        let is_dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut replies = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full().map_err(io)?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| KernelError::Decode {
-                        op,
-                        detail: e.to_string(),
-                    })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += (len + 3) & !3;
-                if reply.header.sequence_number != self.seq {
-                    continue; // a late reply to an earlier request
-                }
-                match reply.payload {
-                    NetlinkPayload::Error(e) if e.code.is_some() => {
-                        return Err(KernelError::Netlink {
-                            op,
-                            source: e.to_io(),
-                        });
-                    }
-                    // An ack (error code 0) or the end of a dump.
-                    NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::InnerMessage(m) => {
-                        replies.push(m);
-                        if !is_dump && flags & NLM_F_ACK == 0 {
-                            return Ok(replies);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.socket
+            .request(msg, NLM_F_REQUEST)
+            .map(|r| r.messages.into_iter().next())
+            .map_err(|f| f.into_kernel(op))
     }
 }

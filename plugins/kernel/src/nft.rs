@@ -50,64 +50,26 @@
 //! same reason no chain is named after an nft keyword such as `masquerade`).
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
 
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
+use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::errno::Errno;
 
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::{
-    Attrs, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE,
-    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
-    NFTA_LIST_ELEM, NFTA_VERDICT_CODE, NfSocket, Reply, put_attr, set_elem_owner, set_elem_request,
-    set_elements, strz,
+use crate::nfnetlink::NfSocket;
+pub(crate) use crate::nft_batch::COMMENT_MAX;
+pub use crate::nft_batch::TABLE;
+use crate::nft_batch::{
+    self, BaseHook, Batch, Elem, ElemData, Family, SetData, SetSpec, chain_of, elements_of, rule_of,
 };
-use crate::nft_ffi::{Exclusive, KeyType, NftSet, SetElement};
+pub(crate) use crate::nft_expr::{Expr, exprs};
 
-/// Our table, in each family we use; nothing else is ever touched.
-pub const TABLE: &str = "cni-rs";
 const SEP: char = '/';
 /// NFT_CHAIN_MAXNAMELEN (256) includes the terminating NUL.
 const CHAIN_NAME_MAX: usize = 255;
-/// A rule comment is a udata TLV in a 128-byte buffer (NFTNL_UDATA_COMMENT_MAXLEN):
-/// 2 bytes of header and the NUL leave 125 for the text.
-pub(crate) const COMMENT_MAX: usize = 125;
 /// Batches refused because others changed the maps meanwhile are built
 /// again from what the kernel holds then, this many times in all.
 const ATTEMPTS: usize = 4;
-
-// include/uapi/linux/netfilter/nf_tables.h
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-pub(crate) const NFTA_RULE_TABLE: u16 = 1;
-pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
-pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub(crate) const NFTA_EXPR_NAME: u16 = 1;
-pub(crate) const NFTA_EXPR_DATA: u16 = 2;
-pub(crate) const NFTA_PAYLOAD_DREG: u16 = 1;
-pub(crate) const NFTA_PAYLOAD_BASE: u16 = 2;
-pub(crate) const NFTA_PAYLOAD_OFFSET: u16 = 3;
-pub(crate) const NFTA_PAYLOAD_LEN: u16 = 4;
-pub(crate) const NFTA_META_DREG: u16 = 1;
-pub(crate) const NFTA_META_KEY: u16 = 2;
-#[cfg(test)]
-pub(crate) const NFTA_CMP_SREG: u16 = 1;
-pub(crate) const NFTA_CMP_OP: u16 = 2;
-pub(crate) const NFTA_CMP_DATA: u16 = 3;
-pub(crate) const NFTA_IMMEDIATE_DREG: u16 = 1;
-pub(crate) const NFTA_IMMEDIATE_DATA: u16 = 2;
-pub(crate) const NFT_REG_VERDICT: u32 = 0;
-pub(crate) const NFT_PAYLOAD_LL_HEADER: u32 = 0;
-pub(crate) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-pub(crate) const NFT_CMP_EQ: u32 = 0;
-pub(crate) const NFT_CMP_NEQ: u32 = 1;
-pub(crate) const NFT_META_IIFNAME: u32 = 6;
-pub(crate) const NFTA_NAT_TYPE: u16 = 1;
-pub(crate) const NFTA_NAT_FAMILY: u16 = 2;
-pub(crate) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-pub(crate) const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
 
 /// Who a chain belongs to: one attachment of one container to one network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,14 +77,6 @@ pub struct NftOwner<'a> {
     pub network: &'a str,
     pub container_id: &'a str,
     pub ifname: &'a str,
-}
-
-/// One verdict map of a kind: its name in our table, its key, and the id
-/// the base chain's rule refers to it by in the setup batch.
-pub(crate) struct MapSpec {
-    pub name: &'static str,
-    pub key: KeyType,
-    pub id: u32,
 }
 
 /// A key in one of a kind's maps (an owner has one per rule).
@@ -147,11 +101,9 @@ enum Holder {
 /// kind needs once per namespace).
 pub(crate) struct BaseChain {
     pub name: &'static str,
-    pub chain_type: ChainType,
-    pub hook: Hook,
-    pub priority: i32,
-    /// Add the base chain's rules.
-    pub rules: fn(&mut Batch, &Chain),
+    pub hook: BaseHook,
+    /// Add the base chain's rules to the batch, given the chain's name.
+    pub rules: fn(&mut Batch, &str),
 }
 
 /// One kind of per-owner chain: the family of the `cni-rs` table it lives
@@ -160,26 +112,27 @@ pub(crate) struct BaseChain {
 /// of an owner chain names its key, and what it is called in comments and
 /// errors.
 pub(crate) struct ChainKind {
-    pub family: ProtoFamily,
+    pub family: Family,
     pub prefix: &'static str,
     pub what: &'static str,
     /// Created together, once per namespace; all of them must exist for an
     /// owner's rules to be in force.
     pub bases: &'static [BaseChain],
-    pub maps: &'static [MapSpec],
+    /// Its verdict maps (keyed by what the owner chains match).
+    pub maps: &'static [SetSpec],
     /// Anything else the setup batch creates before the base chains (sets
     /// and data maps their rules read).
     pub setup: fn(&mut Batch),
     /// The map key a rule of an owner chain matches.
-    pub rule_key: fn(Attrs) -> Option<MapKey>,
+    pub rule_key: fn(&RuleMessage) -> Option<MapKey>,
 }
 
 /// An owner's chain as the kernel has it.
 struct OwnerChain {
     /// A base chain of the layout before the maps (no elements jump to it).
     legacy: bool,
-    /// Its rules (NEWRULE replies, in chain order).
-    rules: Vec<Reply>,
+    /// Its rules (as the kernel dumps them, in chain order).
+    rules: Vec<RuleMessage>,
 }
 
 impl ChainKind {
@@ -238,14 +191,6 @@ impl ChainKind {
             .then(|| (cid.to_owned(), ifname.to_owned()))
     }
 
-    fn nfproto(&self) -> u8 {
-        self.family as u8
-    }
-
-    fn table(&self) -> Table {
-        Table::new(cstring(TABLE), self.family)
-    }
-
     /// Create the table, the maps and the base chains with their rules,
     /// unless the base chains exist. One batch; each base chain is created
     /// exclusively, so a concurrent creator makes it fail as a whole with
@@ -261,24 +206,18 @@ impl ChainKind {
         let Some(first) = missing.first() else {
             return Ok(());
         };
-        let table = self.table();
+        let _ = first;
         let mut batch = Batch::new();
-        batch.add(&table, MsgType::Add);
+        batch.add_table(self.family);
         for map in self.maps {
-            let name = cstring(map.name);
-            let map = NftSet::verdict_map(c"cni-rs", self.family, &name, map.key, map.id);
-            batch.add(&map, MsgType::Add);
+            batch.add_set(self.family, map);
         }
         (self.setup)(&mut batch);
         for base in &missing {
-            let mut chain = Chain::new(cstring(base.name), &table);
-            chain.set_hook(base.hook, base.priority);
-            chain.set_type(base.chain_type);
-            chain.set_policy(Policy::Accept);
-            batch.add(&Exclusive(&chain), MsgType::Add);
-            (base.rules)(&mut batch, &chain);
+            batch.add_chain(self.family, base.name, Some(&base.hook), true);
+            (base.rules)(&mut batch, base.name);
         }
-        match commit(socket, op, first.name, batch) {
+        match socket.commit(&batch) {
             Err(KernelError::Nftables { source, .. })
                 if errno(&source) == Some(Errno::EEXIST) && self.has_bases(socket, op)? =>
             {
@@ -307,14 +246,14 @@ impl ChainKind {
     /// Whether chain `name` of our table exists: `Some(true)` for a base
     /// chain, `Some(false)` for a regular one.
     fn chain(&self, socket: &mut NfSocket, name: &str, op: &'static str) -> Result<Option<bool>> {
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NFTA_CHAIN_TABLE, &strz(TABLE));
-        put_attr(&mut attrs, NFTA_CHAIN_NAME, &strz(name));
-        match socket.get(self.nfproto(), NFT_MSG_GETCHAIN, &attrs)? {
+        match socket.get(self.family, nft_batch::get_chain(Some(name)))? {
             Err(e) if is_enoent(&e) => Ok(None),
             Err(e) => Err(nft_error(op, name, e)),
             Ok(reply) => Ok(Some(
-                reply.is_some_and(|r| r.attrs().get(NFTA_CHAIN_HOOK).is_some()),
+                reply
+                    .as_ref()
+                    .and_then(chain_of)
+                    .is_some_and(|(_, _, base)| base),
             )),
         }
     }
@@ -330,29 +269,24 @@ impl ChainKind {
         let Some(legacy) = self.chain(socket, name, op)? else {
             return Ok(None);
         };
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, NFTA_RULE_TABLE, &strz(TABLE));
-        put_attr(&mut attrs, NFTA_RULE_CHAIN, &strz(name));
-        let rules = match socket.dump(self.nfproto(), NFT_MSG_GETRULE, &attrs)? {
+        let rules = match socket.dump(self.family, nft_batch::get_rules(name))? {
             Err(e) if is_enoent(&e) => return Ok(None),
             Err(e) => return Err(nft_error(op, name, e)),
             Ok(rules) => rules,
         };
         let rules = rules
-            .into_iter()
-            .filter(|r| r.msg_type == NFT_MSG_NEWRULE)
-            .filter(|r| {
-                r.attrs().get_str(NFTA_RULE_TABLE) == Some(TABLE)
-                    && r.attrs().get_str(NFTA_RULE_CHAIN) == Some(name)
-            })
+            .iter()
+            .filter_map(rule_of)
+            .filter(|(table, chain, _)| *table == TABLE && *chain == name)
+            .map(|(_, _, rule)| rule.clone())
             .collect();
         Ok(Some(OwnerChain { legacy, rules }))
     }
 
     /// The keys an owner chain's rules match, each once, in rule order.
-    fn keys_of(&self, rules: &[Reply]) -> Vec<MapKey> {
+    fn keys_of(&self, rules: &[RuleMessage]) -> Vec<MapKey> {
         let mut keys: Vec<MapKey> = Vec::new();
-        for key in rules.iter().filter_map(|r| (self.rule_key)(r.attrs())) {
+        for key in rules.iter().filter_map(self.rule_key) {
             if !keys.contains(&key) {
                 keys.push(key);
             }
@@ -369,19 +303,19 @@ impl ChainKind {
         chain: &str,
         op: &'static str,
     ) -> Result<Holder> {
-        let attrs = set_elem_request(TABLE, key.map, Some(&key.key));
-        let reply = match socket.get(self.nfproto(), NFT_MSG_GETSETELEM, &attrs)? {
+        let request = nft_batch::get_elements(key.map, Some(&key.key));
+        let reply = match socket.get(self.family, request)? {
             Err(e) if is_enoent(&e) => return Ok(Holder::Nobody),
             Err(e) => return Err(nft_error(op, key.map, e)),
             Ok(reply) => reply,
         };
-        let Some(reply) = reply.filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) else {
+        let Some((_, _, elems)) = reply.as_ref().and_then(elements_of) else {
             return Ok(Holder::Nobody);
         };
-        let elem = set_elements(reply.attrs()).find(|e| e.key == key.key.as_slice());
+        let elem = elems.into_iter().find(|e| e.key == key.key.as_slice());
         Ok(match elem {
             None => Holder::Nobody,
-            Some(e) if e.verdict.as_ref().and_then(|v| v.jump()) == Some(chain) => Holder::Owner,
+            Some(e) if e.jump == Some(chain) => Holder::Owner,
             Some(_) => Holder::Other,
         })
     }
@@ -413,19 +347,20 @@ impl ChainKind {
     ) -> Result<Vec<MapKey>> {
         let mut keys = Vec::new();
         for map in self.maps {
-            let attrs = set_elem_request(TABLE, map.name, None);
-            let replies = match socket.dump(self.nfproto(), NFT_MSG_GETSETELEM, &attrs)? {
+            let request = nft_batch::get_elements(map.name, None);
+            let replies = match socket.dump(self.family, request)? {
                 Err(e) if is_enoent(&e) => continue,
                 Err(e) => return Err(nft_error(op, map.name, e)),
                 Ok(replies) => replies,
             };
-            for reply in replies.iter().filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) {
-                if set_elem_owner(reply.attrs()) != (Some(TABLE), Some(map.name)) {
+            for (table, set, elems) in replies.iter().filter_map(elements_of) {
+                if (table, set) != (TABLE, map.name) {
                     continue;
                 }
                 keys.extend(
-                    set_elements(reply.attrs())
-                        .filter(|e| e.verdict.as_ref().and_then(|v| v.jump()) == Some(chain))
+                    elems
+                        .into_iter()
+                        .filter(|e| e.jump == Some(chain))
                         .map(|e| MapKey {
                             map: map.name,
                             key: e.key.to_vec(),
@@ -447,7 +382,7 @@ impl ChainKind {
         owner: &NftOwner,
         op: &'static str,
         keys: &[MapKey],
-        rules: impl Fn(&mut Batch, &Chain, &str),
+        rules: impl Fn(&mut Batch, &str, &str),
     ) -> Result<()> {
         self.replace_with(owner, op, keys, rules, |_, _, _| Ok(()))
     }
@@ -460,12 +395,11 @@ impl ChainKind {
         owner: &NftOwner,
         op: &'static str,
         keys: &[MapKey],
-        rules: impl Fn(&mut Batch, &Chain, &str),
-        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply]) -> Result<()>,
+        rules: impl Fn(&mut Batch, &str, &str),
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[RuleMessage]) -> Result<()>,
     ) -> Result<()> {
         let name = self.chain_name(owner)?;
         let comment = self.comment(owner);
-        let cname = cstring(&name);
         let mut unique: Vec<&MapKey> = Vec::new();
         for key in keys {
             if !unique.contains(&key) {
@@ -492,35 +426,32 @@ impl ChainKind {
                 _ => Vec::new(),
             };
 
-            let table = self.table();
-            let chain = Chain::new(&cname, &table);
             let mut batch = Batch::new();
             if legacy {
-                batch.add(&Rule::new(&chain), MsgType::Del);
-                batch.add(&chain, MsgType::Del);
+                batch.flush_chain(self.family, &name);
+                batch.del_chain(self.family, &name);
             }
-            batch.add(&chain, MsgType::Add);
-            // A rule deletion without a handle flushes the chain.
-            batch.add(&Rule::new(&chain), MsgType::Del);
-            rules(&mut batch, &chain, &comment);
-            let now: &[Reply] = match &current {
+            batch.add_chain(self.family, &name, None, false);
+            batch.flush_chain(self.family, &name);
+            rules(&mut batch, &name, &comment);
+            let now: &[RuleMessage] = match &current {
                 Some(c) if !c.legacy => &c.rules,
                 _ => &[],
             };
             extra(&mut socket, &mut batch, now)?;
             for key in &stale {
                 if matches!(known.get(key), None | Some(Holder::Owner)) {
-                    self.delete_own_element(&mut batch, key, &cname);
+                    self.delete_own_element(&mut batch, key, &name);
                 }
             }
             for &key in &keys {
-                let element = self.element(key, &cname);
+                let element = jump(key, &name);
                 if known.get(key) == Some(&Holder::Other) {
-                    batch.add(&element, MsgType::Del);
+                    batch.del_element(self.family, key.map, &element);
                 }
-                batch.add(&element, MsgType::Add);
+                batch.add_element(self.family, key.map, &element);
             }
-            match commit(&mut socket, op, &name, batch) {
+            match socket.commit(&batch) {
                 Err(KernelError::Nftables { source, .. })
                     if attempt < ATTEMPTS
                         && matches!(errno(&source), Some(Errno::EEXIST | Errno::ENOENT)) =>
@@ -535,18 +466,13 @@ impl ChainKind {
         }
     }
 
-    fn element(&self, key: &MapKey, chain: &CString) -> SetElement {
-        let map = cstring(key.map);
-        SetElement::jump(c"cni-rs", self.family, &map, &key.key, chain)
-    }
-
     /// Delete `key`'s element only if it maps to `chain`: re-adding the
     /// same mapping is a no-op for the kernel, and fails (failing the batch)
     /// if the key maps elsewhere now.
-    fn delete_own_element(&self, batch: &mut Batch, key: &MapKey, chain: &CString) {
-        let element = self.element(key, chain);
-        batch.add(&element, MsgType::Add);
-        batch.add(&element, MsgType::Del);
+    fn delete_own_element(&self, batch: &mut Batch, key: &MapKey, chain: &str) {
+        let element = jump(key, chain);
+        batch.add_element(self.family, key.map, &element);
+        batch.del_element(self.family, key.map, &element);
     }
 
     /// Remove the owner's elements and chain in one batch (the elements of
@@ -566,14 +492,13 @@ impl ChainKind {
         &self,
         owner: &NftOwner,
         op: &'static str,
-        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[Reply], bool) -> Result<()>,
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[RuleMessage], bool) -> Result<()>,
     ) -> Result<()> {
         // An owner `replace` refuses never had a chain; its name could even
         // be another owner's, so touch nothing.
         let Ok(name) = self.chain_name(owner) else {
             return Ok(());
         };
-        let cname = cstring(&name);
         let mut socket = NfSocket::open(op)?;
         let mut known: HashMap<MapKey, Holder> = HashMap::new();
         let mut referencing: Vec<MapKey> = Vec::new();
@@ -593,22 +518,20 @@ impl ChainKind {
                     }
                 }
             }
-            let table = self.table();
-            let chain = Chain::new(&cname, &table);
             let mut batch = Batch::new();
             for key in &keys {
                 if matches!(known.get(key), None | Some(Holder::Owner)) {
-                    self.delete_own_element(&mut batch, key, &cname);
+                    self.delete_own_element(&mut batch, key, &name);
                 }
             }
             extra(&mut socket, &mut batch, &current.rules, current.legacy)?;
-            batch.add(&Rule::new(&chain), MsgType::Del);
-            batch.add(&chain, MsgType::Del);
-            let source = match commit(&mut socket, op, &name, batch) {
-                Err(KernelError::Nftables { source, .. }) if attempt < ATTEMPTS => source,
+            batch.flush_chain(self.family, &name);
+            batch.del_chain(self.family, &name);
+            let refused = match socket.commit(&batch) {
+                Err(e @ KernelError::Nftables { .. }) if attempt < ATTEMPTS => e,
                 other => return other,
             };
-            match errno(&source) {
+            match refused.errno() {
                 // A key maps elsewhere now, or the chain or a map went away.
                 Some(Errno::EEXIST | Errno::ENOENT) => {
                     known = self.holders(&mut socket, &keys, &name, op)?;
@@ -618,7 +541,7 @@ impl ChainKind {
                     searched = true;
                     referencing = self.keys_jumping_to(&mut socket, &name, op)?;
                 }
-                _ => return Err(nft_error(op, &name, source)),
+                _ => return Err(refused),
             }
         }
     }
@@ -627,7 +550,7 @@ impl ChainKind {
     /// in chain order): those whose key maps to the chain, while the base
     /// chain exists (or every rule of a chain of the old layout, a base
     /// chain of its own), or `None` when the chain does not exist.
-    pub fn rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<Reply>>> {
+    pub fn rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<RuleMessage>>> {
         let Ok(name) = self.chain_name(owner) else {
             return Ok(None);
         };
@@ -649,8 +572,7 @@ impl ChainKind {
                 .rules
                 .into_iter()
                 .filter(|r| {
-                    (self.rule_key)(r.attrs())
-                        .is_some_and(|k| holders.get(&k) == Some(&Holder::Owner))
+                    (self.rule_key)(r).is_some_and(|k| holders.get(&k) == Some(&Holder::Owner))
                 })
                 .collect(),
         ))
@@ -658,7 +580,11 @@ impl ChainKind {
 
     /// Every rule of the owner's chain (NEWRULE replies, in chain order),
     /// in force or not, or `None` when the chain does not exist.
-    pub fn all_rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<Reply>>> {
+    pub fn all_rules(
+        &self,
+        owner: &NftOwner,
+        op: &'static str,
+    ) -> Result<Option<Vec<RuleMessage>>> {
         let Ok(name) = self.chain_name(owner) else {
             return Ok(None);
         };
@@ -669,16 +595,16 @@ impl ChainKind {
     /// Every `(container id, ifname)` with a chain of this kind for `network`.
     pub fn owners(&self, network: &str, op: &'static str) -> Result<Vec<(String, String)>> {
         let mut socket = NfSocket::open(op)?;
-        let chains = match socket.dump(self.nfproto(), NFT_MSG_GETCHAIN, &[])? {
+        let chains = match socket.dump(self.family, nft_batch::get_chain(None))? {
             Err(e) if is_enoent(&e) => return Ok(Vec::new()),
             Err(e) => return Err(nft_error(op, TABLE, e)),
             Ok(chains) => chains,
         };
         let mut owners: Vec<(String, String)> = chains
             .iter()
-            .filter(|c| c.msg_type == NFT_MSG_NEWCHAIN)
-            .filter(|c| c.attrs().get_str(NFTA_CHAIN_TABLE) == Some(TABLE))
-            .filter_map(|c| self.parse_chain_name(c.attrs().get_str(NFTA_CHAIN_NAME)?, network))
+            .filter_map(chain_of)
+            .filter(|(table, _, _)| *table == TABLE)
+            .filter_map(|(_, name, _)| self.parse_chain_name(name, network))
             .collect();
         owners.sort();
         owners.dedup();
@@ -690,21 +616,10 @@ impl ChainKind {
     pub fn available(&self, op: &'static str) -> Result<()> {
         let mut socket = NfSocket::open(op)?;
         socket
-            .dump(self.nfproto(), NFT_MSG_GETTABLE, &[])?
+            .dump(self.family, nft_batch::get_tables())?
             .map(|_| ())
             .map_err(|e| nft_error(op, self.what, e))
     }
-}
-
-pub(crate) fn cstring(s: &str) -> CString {
-    // Callers checked for NUL (chain names) or build the string themselves.
-    CString::new(s.replace('\0', "")).expect("no NUL left")
-}
-
-/// Put the owner's comment on a rule. Only a comment longer than
-/// COMMENT_MAX is refused, and [`ChainKind::comment`] cut it to fit.
-pub(crate) fn set_comment(rule: &mut Rule, comment: &str) {
-    let _ = rule.set_comment(cstring(comment));
 }
 
 pub(crate) fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
@@ -723,174 +638,100 @@ pub(crate) fn is_enoent(e: &io::Error) -> bool {
     errno(e) == Some(Errno::ENOENT)
 }
 
-/// Send a batch; the kernel's refusal is an error about `object`.
-pub(crate) fn commit(
-    socket: &mut NfSocket,
-    op: &'static str,
-    object: &str,
-    batch: Batch,
-) -> Result<()> {
-    let batch = batch.finalize();
-    let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
-    socket
-        .send_batch(&bytes, batch.sequence_numbers())?
-        .map_err(|e| nft_error(op, object, e))
+/// A `jump <chain>` element for `key`.
+fn jump<'a>(key: &'a MapKey, chain: &'a str) -> Elem<'a> {
+    Elem {
+        data: ElemData::Jump(chain),
+        ..Elem::key(&key.key)
+    }
 }
 
-/// One expression of a rule as the kernel dumps it, reduced to what our
-/// readers look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expr<'a> {
-    /// Load `len` bytes at `offset` of header `base` into a register.
-    Payload { base: u32, offset: u32, len: u32 },
-    /// Load the meta key `key` into a register.
-    Meta { key: u32 },
-    /// Compare the register with `value`.
-    Cmp { op: u32, value: &'a [u8] },
-    /// A verdict (NF_DROP, NF_ACCEPT, NFT_JUMP, ...).
-    Verdict(i32),
-    /// Load the constant `value` into register `dreg`.
-    Immediate { dreg: u32, value: &'a [u8] },
-    /// NAT of type `nat_type` (NFT_NAT_SNAT, NFT_NAT_DNAT) for `family`, to
-    /// the address and port in the registers named (a range's minimum).
-    Nat {
-        nat_type: u32,
-        family: u32,
-        addr_reg: Option<u32>,
-        port_reg: Option<u32>,
-    },
-    /// Anything else (a counter, masquerade, a meta set, ...).
-    Other,
+/// A verdict map of a kind, keyed by `key`, that rules of the setup batch
+/// refer to by `id`.
+pub(crate) const fn verdict_map(name: &'static str, key: nft_batch::KeyType, id: u32) -> SetSpec {
+    SetSpec {
+        name,
+        id,
+        key,
+        data: SetData::Verdict,
+        interval: false,
+    }
 }
 
-/// The expressions of a rule (its NFTA_RULE_* attributes), in order.
-pub(crate) fn exprs(rule: Attrs<'_>) -> impl Iterator<Item = Expr<'_>> {
-    Attrs(rule.get(NFTA_RULE_EXPRESSIONS).unwrap_or_default())
-        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
-        .map(|(_, elem)| {
-            let elem = Attrs(elem);
-            let data = Attrs(elem.get(NFTA_EXPR_DATA).unwrap_or_default());
-            parse_expr(elem.get_str(NFTA_EXPR_NAME), data).unwrap_or(Expr::Other)
-        })
-}
-
-fn parse_expr<'a>(name: Option<&str>, data: Attrs<'a>) -> Option<Expr<'a>> {
-    Some(match name? {
-        "payload" if data.get(NFTA_PAYLOAD_DREG).is_some() => Expr::Payload {
-            base: data.get_be32(NFTA_PAYLOAD_BASE)?,
-            offset: data.get_be32(NFTA_PAYLOAD_OFFSET)?,
-            len: data.get_be32(NFTA_PAYLOAD_LEN)?,
-        },
-        "meta" if data.get(NFTA_META_DREG).is_some() => Expr::Meta {
-            key: data.get_be32(NFTA_META_KEY)?,
-        },
-        "cmp" => Expr::Cmp {
-            op: data.get_be32(NFTA_CMP_OP)?,
-            value: Attrs(data.get(NFTA_CMP_DATA)?).get(NFTA_DATA_VALUE)?,
-        },
-        "immediate" if data.get_be32(NFTA_IMMEDIATE_DREG) == Some(NFT_REG_VERDICT) => {
-            let verdict = Attrs(data.get(NFTA_IMMEDIATE_DATA)?).get(NFTA_DATA_VERDICT)?;
-            Expr::Verdict(Attrs(verdict).get_be32(NFTA_VERDICT_CODE)? as i32)
-        }
-        "immediate" => Expr::Immediate {
-            dreg: data.get_be32(NFTA_IMMEDIATE_DREG)?,
-            value: Attrs(data.get(NFTA_IMMEDIATE_DATA)?).get(NFTA_DATA_VALUE)?,
-        },
-        "nat" => Expr::Nat {
-            nat_type: data.get_be32(NFTA_NAT_TYPE)?,
-            family: data.get_be32(NFTA_NAT_FAMILY)?,
-            addr_reg: data.get_be32(NFTA_NAT_REG_ADDR_MIN),
-            port_reg: data.get_be32(NFTA_NAT_REG_PROTO_MIN),
-        },
-        _ => return None,
-    })
-}
-
-/// Builders of kernel-shaped attributes for the readers' unit tests.
+/// Rules as the kernel dumps them, for the readers' unit tests: built
+/// with the codec, written to bytes and parsed back.
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::*;
-    use crate::nfnetlink::{messages, nft_attrs};
+    use crate::nft_expr::{self as e, NFT_REG_1, NftExpr};
+    use netlink_packet_core::{DefaultNla, Emitable, Parseable};
+    use netlink_packet_netfilter::nftables::{Expressions, NfTablesMessage, RuleAttribute};
 
-    pub fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        put_attr(&mut v, kind, payload);
-        v
+    pub use crate::nft_expr::{cmp, verdict};
+
+    /// An expression the codec has no type for, with raw attributes.
+    pub fn expr(name: &str, attrs: &[(u16, u32)]) -> NftExpr {
+        Expressions::Other {
+            expression_type: name.to_owned(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| DefaultNla::new(*k, v.to_be_bytes().to_vec()))
+                .collect(),
+        }
+        .into()
     }
 
-    pub fn expr(name: &str, data: &[Vec<u8>]) -> Vec<u8> {
-        let mut e = nla(NFTA_EXPR_NAME, &strz(name));
-        e.extend(nla(NFTA_EXPR_DATA | 0x8000, &data.concat()));
-        nla(NFTA_LIST_ELEM | 0x8000, &e)
+    pub fn payload(base: u32, offset: u32, len: u32) -> NftExpr {
+        e::payload(base, (offset, len), NFT_REG_1)
     }
 
-    pub fn payload(base: u32, offset: u32, len: u32) -> Vec<u8> {
-        expr(
-            "payload",
-            &[
-                nla(NFTA_PAYLOAD_DREG, &1u32.to_be_bytes()),
-                nla(NFTA_PAYLOAD_BASE, &base.to_be_bytes()),
-                nla(NFTA_PAYLOAD_OFFSET, &offset.to_be_bytes()),
-                nla(NFTA_PAYLOAD_LEN, &len.to_be_bytes()),
-            ],
-        )
+    pub fn meta(key: u32) -> NftExpr {
+        e::meta(key, NFT_REG_1)
     }
 
-    pub fn meta(key: u32) -> Vec<u8> {
-        expr(
-            "meta",
-            &[
-                nla(NFTA_META_DREG, &1u32.to_be_bytes()),
-                nla(NFTA_META_KEY, &key.to_be_bytes()),
-            ],
-        )
+    /// Every message of `batch`, written and parsed back.
+    pub fn written(batch: &Batch) -> Vec<NfTablesMessage> {
+        batch
+            .messages
+            .iter()
+            .map(|m| {
+                let netlink_packet_netfilter::NetfilterMessageInner::NfTables(msg) =
+                    &m.message.inner
+                else {
+                    panic!("not nf_tables");
+                };
+                let mut buf = vec![0u8; msg.buffer_len()];
+                msg.emit(&mut buf);
+                let ty = u8::from(msg.message_type());
+                <NfTablesMessage as netlink_packet_core::ParseableParametrized<[u8], u8>>::parse_with_param(&buf, ty)
+                    .unwrap()
+            })
+            .collect()
     }
 
-    pub fn cmp(op: u32, value: &[u8]) -> Vec<u8> {
-        expr(
-            "cmp",
-            &[
-                nla(NFTA_CMP_SREG, &1u32.to_be_bytes()),
-                nla(NFTA_CMP_OP, &op.to_be_bytes()),
-                nla(NFTA_CMP_DATA | 0x8000, &nla(NFTA_DATA_VALUE, value)),
-            ],
-        )
+    /// The rules `batch` adds, as the kernel would dump them.
+    pub fn rules(batch: &Batch, chain: &str) -> Vec<RuleMessage> {
+        written(batch)
+            .iter()
+            .filter_map(rule_of)
+            .filter(|(_, c, _)| *c == chain)
+            .map(|(_, _, r)| r.clone())
+            .collect()
     }
 
-    pub fn verdict(code: i32) -> Vec<u8> {
-        let verdict = nla(NFTA_VERDICT_CODE, &code.to_be_bytes());
-        expr(
-            "immediate",
-            &[
-                nla(NFTA_IMMEDIATE_DREG, &NFT_REG_VERDICT.to_be_bytes()),
-                nla(
-                    NFTA_IMMEDIATE_DATA | 0x8000,
-                    &nla(NFTA_DATA_VERDICT | 0x8000, &verdict),
-                ),
-            ],
-        )
-    }
-
-    pub fn rule_attrs(chain: &str, exprs: &[Vec<u8>]) -> Vec<u8> {
-        let mut r = nla(NFTA_RULE_TABLE, &strz(TABLE));
-        r.extend(nla(NFTA_RULE_CHAIN, &strz(chain)));
-        r.extend(nla(NFTA_RULE_EXPRESSIONS | 0x8000, &exprs.concat()));
-        r
-    }
-
-    /// The attributes nftnl writes for `rule` (the kernel dumps rules with
-    /// the same attributes), checked to be one NEWRULE in `chain`.
-    pub fn written(rule: &Rule, chain: &str) -> Vec<u8> {
-        let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-        // SAFETY: the buffer has the size nftnl requires.
-        unsafe { nftnl::NlMsg::write(rule, buf.as_mut_ptr().cast(), 1, MsgType::Add) };
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
-        let msgs = messages(&buf[..len]).unwrap();
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(msgs[0].msg_type & 0xff, NFT_MSG_NEWRULE);
-        let attrs = nft_attrs(msgs[0].payload);
-        assert_eq!(attrs.clone().get_str(NFTA_RULE_CHAIN), Some(chain));
-        attrs.0.to_vec()
+    /// A rule of `exprs` in `chain`, as the kernel would dump it.
+    pub fn rule_attrs(chain: &str, exprs: &[NftExpr]) -> RuleMessage {
+        let mut batch = Batch::new();
+        batch.add_rule(Family::Inet, chain, exprs.to_vec(), None);
+        let rule = rules(&batch, chain).remove(0);
+        assert!(
+            rule.attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Expressions(_)))
+                || exprs.is_empty()
+        );
+        let _ = <RuleMessage as Parseable<[u8]>>::parse;
+        rule
     }
 }
 
@@ -899,15 +740,21 @@ mod tests {
     use super::test_util::*;
     use super::*;
 
+    use crate::nft_expr::{
+        NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_META_MARK, NFT_PAYLOAD_LL_HEADER,
+    };
+
     const KIND: ChainKind = ChainKind {
-        family: ProtoFamily::Inet,
+        family: Family::Inet,
         prefix: "test",
         what: "testing",
         bases: &[BaseChain {
             name: "testing",
-            chain_type: ChainType::Filter,
-            hook: Hook::In,
-            priority: 0,
+            hook: BaseHook {
+                chain_type: "filter",
+                hook: 1,
+                priority: 0,
+            },
             rules: |_, _| {},
         }],
         maps: &[],
@@ -987,11 +834,12 @@ mod tests {
         let long = "é".repeat(100);
         let c = KIND.comment(&owner(&long, "c", "eth0"));
         assert!(c.len() <= COMMENT_MAX && c.starts_with("cni-rs testing: é"));
-        let table = Table::new(cstring(TABLE), ProtoFamily::Inet);
-        let chain = Chain::new(c"x", &table);
-        let mut rule = Rule::new(&chain);
-        assert!(rule.set_comment(cstring(&c)).is_ok());
-        assert!(rule.set_comment(cstring(&"x".repeat(126))).is_err());
+        // As userdata: a TLV of type 0 holding the text and its NUL, which
+        // fits nft's 128-byte comment buffer even for a longer text.
+        let u = nft_batch::comment_udata(&c);
+        assert_eq!(&u[..2], &[0, c.len() as u8 + 1]);
+        assert_eq!(&u[2..u.len() - 1], c.as_bytes());
+        assert_eq!(nft_batch::comment_udata(&"x".repeat(300)).len(), 128);
     }
 
     #[test]
@@ -1005,16 +853,13 @@ mod tests {
                 cmp(NFT_CMP_NEQ, &[2, 0, 0, 0, 0, 1]),
                 expr("counter", &[]),
                 // A meta set (sreg, no dreg) is no load.
-                expr(
-                    "meta",
-                    &[nla(2, &3u32.to_be_bytes()), nla(3, &1u32.to_be_bytes())],
-                ),
-                // A truncated cmp is nothing we understand.
-                expr("cmp", &[nla(NFTA_CMP_OP, &0u32.to_be_bytes())]),
+                crate::nft_expr::meta_set(NFT_META_MARK, 1),
+                // A nat without its family is nothing we understand.
+                expr("nat", &[(1, 1)]),
                 verdict(0),
             ],
         );
-        let all: Vec<Expr> = exprs(Attrs(&rule)).collect();
+        let all: Vec<Expr> = exprs(&rule).collect();
         assert_eq!(
             all,
             [
@@ -1040,7 +885,6 @@ mod tests {
                 Expr::Verdict(0),
             ]
         );
-        assert_eq!(exprs(Attrs(&rule_attrs("x", &[]))).count(), 0);
-        assert_eq!(exprs(Attrs(&[])).count(), 0);
+        assert_eq!(exprs(&rule_attrs("x", &[])).count(), 0);
     }
 }

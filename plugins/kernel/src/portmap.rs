@@ -87,26 +87,25 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
-use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Immediate, InterfaceName, Ipv4HeaderField, Ipv6HeaderField, Masquerade,
-    Meta, Nat, NatType, NetworkHeaderField, Payload, Register, TcpHeaderField,
-    TransportHeaderField,
-};
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
+use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::{
-    Attrs, NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NfSocket, Reply, set_elem_request, set_elements,
+use crate::nfnetlink::NfSocket;
+use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
+use crate::nft_batch::{
+    self, BaseHook, Batch, Elem, ElemData, INET_SERVICE, KeyType, NF_INET_LOCAL_OUT,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, elements_of,
 };
-use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, TABLE};
-use crate::nft_ffi::{
-    FibDaddrType, INET_SERVICE, KeyType, NftSet, RTN_LOCAL, RawExpr, SetElement, VerdictLookup,
+use crate::nft_expr::{
+    self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_META_L4PROTO, NFT_META_MARK,
+    NFT_META_NFPROTO, NFT_META_OIFNAME, NFT_NAT_DNAT, NFT_PAYLOAD_NETWORK_HEADER,
+    NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1, NFT_REG_2, NFT_REG_VERDICT, NFT_REG32_00, NftExpr,
+    RTN_LOCAL,
 };
-use nftnl_sys as sys;
 
-/// NFTA_RULE_USERDATA (the comment).
-const NFTA_RULE_USERDATA: u16 = 7;
+/// All of portmap lives in `inet cni-rs`.
+const INET: nft_batch::Family = nft_batch::Family::Inet;
 
 pub use crate::nft::NftOwner;
 
@@ -135,7 +134,7 @@ impl Proto {
     }
 
     /// The map of this protocol's host ports.
-    fn map(self) -> &'static MapSpec {
+    fn map(self) -> &'static SetSpec {
         match self {
             Proto::Tcp => &PM_TCP,
             Proto::Udp => &PM_UDP,
@@ -206,21 +205,9 @@ pub struct Setup<'a> {
     pub conditions_v6: &'a [Cond],
 }
 
-const PM_TCP: MapSpec = MapSpec {
-    name: "pm-tcp",
-    key: INET_SERVICE,
-    id: 1,
-};
-const PM_UDP: MapSpec = MapSpec {
-    name: "pm-udp",
-    key: INET_SERVICE,
-    id: 2,
-};
-const PM_SCTP: MapSpec = MapSpec {
-    name: "pm-sctp",
-    key: INET_SERVICE,
-    id: 3,
-};
+const PM_TCP: SetSpec = nft::verdict_map("pm-tcp", INET_SERVICE, 1);
+const PM_UDP: SetSpec = nft::verdict_map("pm-udp", INET_SERVICE, 2);
+const PM_SCTP: SetSpec = nft::verdict_map("pm-sctp", INET_SERVICE, 3);
 
 /// dstnat and srcnat, as nft names the usual nat priorities.
 const DSTNAT: i32 = -100;
@@ -231,36 +218,30 @@ const SRCNAT: i32 = 100;
 /// `inet cni-rs`, dispatching to the regular chains
 /// `pm/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
-    family: ProtoFamily::Inet,
+    family: INET,
     prefix: "pm",
     what: "portmap",
     bases: &[
         BaseChain {
             name: "portmap-prerouting",
-            chain_type: ChainType::Nat,
-            hook: Hook::PreRouting,
-            priority: DSTNAT,
+            hook: nat_hook(NF_INET_PRE_ROUTING, DSTNAT),
             rules: dispatch,
         },
         BaseChain {
             name: "portmap-output",
-            chain_type: ChainType::Nat,
-            hook: Hook::Out,
-            priority: DSTNAT,
+            hook: nat_hook(NF_INET_LOCAL_OUT, DSTNAT),
             rules: dispatch,
         },
         BaseChain {
             name: "portmap-masq",
-            chain_type: ChainType::Nat,
-            hook: Hook::PostRouting,
-            priority: SRCNAT,
+            hook: nat_hook(NF_INET_POST_ROUTING, SRCNAT),
             rules: masquerade_marked,
         },
     ],
     maps: &[PM_TCP, PM_UDP, PM_SCTP],
     setup: data_sets,
     rule_key: |rule| {
-        if is_record(rule.clone()) {
+        if is_record(rule) {
             return None;
         }
         let p = parse(rule);
@@ -268,41 +249,41 @@ const KIND: ChainKind = ChainKind {
     },
 };
 
-// include/uapi/linux/netfilter/nf_tables.h
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFT_NAT_DNAT: u32 = 1;
+const fn nat_hook(hook: u32, priority: i32) -> BaseHook {
+    BaseHook {
+        chain_type: "nat",
+        hook,
+        priority,
+    }
+}
+
 /// Offset and length of the destination port (TCP, UDP and SCTP alike).
 const DPORT: (u32, u32) = (2, 2);
 /// Offsets and lengths of the destination address in the IP headers.
 const IPV4_DADDR: (u32, u32) = (16, 4);
 const IPV6_DADDR: (u32, u32) = (24, 16);
 
-/// `th dport`: after a `meta l4proto` match, the same two bytes for the
-/// three protocols.
-fn dport() -> Payload {
-    Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport))
+/// `th dport` into `dreg`: after a `meta l4proto` match, the same two
+/// bytes for the three protocols.
+fn dport(dreg: u32) -> NftExpr {
+    e::payload(NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, dreg)
 }
 
 /// The rules of `portmap-prerouting` and `portmap-output`: one per
 /// protocol for the mappings with conditions,
 /// `fib daddr type local meta l4proto <proto> th dport vmap @pm-<proto>`.
-fn dispatch(batch: &mut Batch, chain: &Chain) {
+fn dispatch(batch: &mut Batch, chain: &str) {
     for proto in Proto::ALL {
         let map = proto.map();
-        let name = nft::cstring(map.name);
-        let mut rule = Rule::new(chain);
-        rule.add_expr(&FibDaddrType);
-        rule.add_expr(&Cmp::new(CmpOp::Eq, RTN_LOCAL));
-        rule.add_expr(&Meta::L4Proto);
-        rule.add_expr(&Cmp::new(CmpOp::Eq, proto.number()));
-        rule.add_expr(&dport());
-        rule.add_expr(&VerdictLookup {
-            map: &name,
-            map_id: map.id,
-        });
-        batch.add(&rule, MsgType::Add);
+        let exprs = vec![
+            e::fib_daddr_type(),
+            e::cmp(NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes()),
+            e::meta(NFT_META_L4PROTO, NFT_REG_1),
+            e::cmp(NFT_CMP_EQ, &[proto.number()]),
+            dport(NFT_REG_1),
+            e::lookup(map.name, map.id, NFT_REG_1, Some(NFT_REG_VERDICT)),
+        ];
+        batch.add_rule(INET, chain, exprs, None);
     }
     for fam in [&V4, &V6] {
         static_rules(batch, chain, fam);
@@ -310,13 +291,14 @@ fn dispatch(batch: &mut Batch, chain: &Chain) {
 }
 
 /// The rule of `portmap-masq`: `meta mark & 0x2000 == 0x2000 masquerade`.
-fn masquerade_marked(batch: &mut Batch, chain: &Chain) {
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&Meta::Mark { set: false });
-    rule.add_expr(&Bitwise::new(MASQ_MARK, 0u32));
-    rule.add_expr(&Cmp::new(CmpOp::Eq, MASQ_MARK));
-    rule.add_expr(&Masquerade);
-    batch.add(&rule, MsgType::Add);
+fn masquerade_marked(batch: &mut Batch, chain: &str) {
+    let exprs = vec![
+        e::meta(NFT_META_MARK, NFT_REG_1),
+        e::bitwise(&MASQ_MARK.to_ne_bytes(), &0u32.to_ne_bytes()),
+        e::cmp(NFT_CMP_EQ, &MASQ_MARK.to_ne_bytes()),
+        e::masquerade(),
+    ];
+    batch.add_rule(INET, chain, exprs, None);
 }
 
 /// The data maps and sets of one family, read by the static rules of the
@@ -326,23 +308,15 @@ struct Family {
     v4: bool,
     nfproto: i32,
     /// `meta l4proto . th dport : <container addr> . <container port>`.
-    any: DataSpec,
+    any: SetSpec,
     /// `<ip daddr> . meta l4proto . th dport : <container addr> . <port>`.
-    addr: DataSpec,
+    addr: SetSpec,
     /// Sources to masquerade (hairpin subnets, 127.0.0.0/8): intervals.
-    src: DataSpec,
+    src: SetSpec,
     /// `meta l4proto . th dport` of the mappings with `snat`.
-    snat: DataSpec,
+    snat: SetSpec,
     /// `meta l4proto . th dport` of the mappings with `masq_all`.
-    masq_all: DataSpec,
-}
-
-struct DataSpec {
-    name: &'static str,
-    id: u32,
-    key: KeyType,
-    data: Option<KeyType>,
-    interval: bool,
+    masq_all: SetSpec,
 }
 
 const fn concat(types: &[u32]) -> u32 {
@@ -374,39 +348,39 @@ const PROTO_PORT: KeyType = kt(concat(&[T_PROTO, T_SERVICE]), 8);
 const V4: Family = Family {
     v4: true,
     nfproto: libc::NFPROTO_IPV4,
-    any: DataSpec {
+    any: SetSpec {
         name: "pm4-any",
         id: 11,
         key: PROTO_PORT,
-        data: Some(kt(concat(&[T_V4, T_SERVICE]), 8)),
+        data: SetData::Data(kt(concat(&[T_V4, T_SERVICE]), 8)),
         interval: false,
     },
-    addr: DataSpec {
+    addr: SetSpec {
         name: "pm4-addr",
         id: 12,
         key: kt(concat(&[T_V4, T_PROTO, T_SERVICE]), 12),
-        data: Some(kt(concat(&[T_V4, T_SERVICE]), 8)),
+        data: SetData::Data(kt(concat(&[T_V4, T_SERVICE]), 8)),
         interval: false,
     },
-    src: DataSpec {
+    src: SetSpec {
         name: "pm4-src",
         id: 13,
         key: kt(T_V4, 4),
-        data: None,
+        data: SetData::None,
         interval: true,
     },
-    snat: DataSpec {
+    snat: SetSpec {
         name: "pm4-snat",
         id: 14,
         key: PROTO_PORT,
-        data: None,
+        data: SetData::None,
         interval: false,
     },
-    masq_all: DataSpec {
+    masq_all: SetSpec {
         name: "pm4-masqall",
         id: 15,
         key: PROTO_PORT,
-        data: None,
+        data: SetData::None,
         interval: false,
     },
 };
@@ -414,39 +388,39 @@ const V4: Family = Family {
 const V6: Family = Family {
     v4: false,
     nfproto: libc::NFPROTO_IPV6,
-    any: DataSpec {
+    any: SetSpec {
         name: "pm6-any",
         id: 21,
         key: PROTO_PORT,
-        data: Some(kt(concat(&[T_V6, T_SERVICE]), 20)),
+        data: SetData::Data(kt(concat(&[T_V6, T_SERVICE]), 20)),
         interval: false,
     },
-    addr: DataSpec {
+    addr: SetSpec {
         name: "pm6-addr",
         id: 22,
         key: kt(concat(&[T_V6, T_PROTO, T_SERVICE]), 24),
-        data: Some(kt(concat(&[T_V6, T_SERVICE]), 20)),
+        data: SetData::Data(kt(concat(&[T_V6, T_SERVICE]), 20)),
         interval: false,
     },
-    src: DataSpec {
+    src: SetSpec {
         name: "pm6-src",
         id: 23,
         key: kt(T_V6, 16),
-        data: None,
+        data: SetData::None,
         interval: true,
     },
-    snat: DataSpec {
+    snat: SetSpec {
         name: "pm6-snat",
         id: 24,
         key: PROTO_PORT,
-        data: None,
+        data: SetData::None,
         interval: false,
     },
-    masq_all: DataSpec {
+    masq_all: SetSpec {
         name: "pm6-masqall",
         id: 25,
         key: PROTO_PORT,
-        data: None,
+        data: SetData::None,
         interval: false,
     },
 };
@@ -456,13 +430,17 @@ impl Family {
         if ip.is_ipv4() { &V4 } else { &V6 }
     }
 
-    fn specs(&self) -> [&DataSpec; 5] {
+    fn specs(&self) -> [&SetSpec; 5] {
         [&self.any, &self.addr, &self.src, &self.snat, &self.masq_all]
     }
 
     /// The 32-bit register after the address (the port's in the data).
     fn port_reg(&self) -> u32 {
-        if self.v4 { REG32_00 + 1 } else { REG32_00 + 4 }
+        if self.v4 {
+            NFT_REG32_00 + 1
+        } else {
+            NFT_REG32_00 + 4
+        }
     }
 }
 
@@ -470,78 +448,32 @@ impl Family {
 fn data_sets(batch: &mut Batch) {
     for fam in [&V4, &V6] {
         for spec in fam.specs() {
-            let name = nft::cstring(spec.name);
-            let set = NftSet::data(
-                c"cni-rs",
-                ProtoFamily::Inet,
-                &name,
-                spec.key,
-                spec.data,
-                spec.interval,
-                spec.id,
-            );
-            batch.add(&set, MsgType::Add);
+            batch.add_set(INET, spec);
         }
     }
 }
 
-// include/uapi/linux/netfilter/nf_tables.h: enum nft_registers.
-const REG1: u32 = 1;
-const REG32_00: u32 = 8;
-
-fn load_payload(rule: &mut Rule, base: u32, (offset, len): (u32, u32), dreg: u32) {
-    rule.add_expr(&RawExpr {
-        name: c"payload",
-        u32s: &[
-            (sys::NFTNL_EXPR_PAYLOAD_DREG, dreg),
-            (sys::NFTNL_EXPR_PAYLOAD_BASE, base),
-            (sys::NFTNL_EXPR_PAYLOAD_OFFSET, offset),
-            (sys::NFTNL_EXPR_PAYLOAD_LEN, len),
-        ],
-        string: None,
-    });
-}
-
 /// `meta l4proto . th dport` into two 32-bit registers from `dreg` on.
-fn load_proto_port(rule: &mut Rule, dreg: u32) {
-    rule.add_expr(&RawExpr {
-        name: c"meta",
-        u32s: &[
-            (sys::NFTNL_EXPR_META_KEY, NFT_META_L4PROTO),
-            (sys::NFTNL_EXPR_META_DREG, dreg),
-        ],
-        string: None,
-    });
-    load_payload(rule, NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, dreg + 1);
+fn load_proto_port(exprs: &mut Vec<NftExpr>, dreg: u32) {
+    exprs.push(e::meta(NFT_META_L4PROTO, dreg));
+    exprs.push(dport(dreg + 1));
 }
 
 /// Look register `sreg` on up in `spec` (a set: break when missing; a map:
 /// load the data into `dreg` on).
-fn lookup(rule: &mut Rule, spec: &DataSpec, sreg: u32, dreg: Option<u32>) {
-    let name = nft::cstring(spec.name);
-    let mut u32s = vec![
-        (sys::NFTNL_EXPR_LOOKUP_SREG, sreg),
-        (sys::NFTNL_EXPR_LOOKUP_SET_ID, spec.id),
-    ];
-    if let Some(dreg) = dreg {
-        u32s.push((sys::NFTNL_EXPR_LOOKUP_DREG, dreg));
-    }
-    rule.add_expr(&RawExpr {
-        name: c"lookup",
-        u32s: &u32s,
-        string: Some((sys::NFTNL_EXPR_LOOKUP_SET, &name)),
-    });
+fn lookup(exprs: &mut Vec<NftExpr>, spec: &SetSpec, sreg: u32, dreg: Option<u32>) {
+    exprs.push(e::lookup(spec.name, spec.id, sreg, dreg));
 }
 
 /// `fib daddr type local meta nfproto <family>`: what every static rule
 /// starts with.
-fn local_head<'a>(chain: &'a Chain<'a>, fam: &Family) -> Rule<'a> {
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&FibDaddrType);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, RTN_LOCAL));
-    rule.add_expr(&Meta::NfProto);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, fam.nfproto as u8));
-    rule
+fn local_head(fam: &Family) -> Vec<NftExpr> {
+    vec![
+        e::fib_daddr_type(),
+        e::cmp(NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes()),
+        e::meta(NFT_META_NFPROTO, NFT_REG_1),
+        e::cmp(NFT_CMP_EQ, &[fam.nfproto as u8]),
+    ]
 }
 
 /// The rules of one family reading the data maps and sets:
@@ -550,55 +482,51 @@ fn local_head<'a>(chain: &'a Chain<'a>, fam: &Family) -> Rule<'a> {
 /// - `meta l4proto . th dport @pm4-masqall meta mark set mark | 0x2000`;
 /// - `dnat ip to ip daddr . meta l4proto . th dport map @pm4-addr`;
 /// - `dnat ip to meta l4proto . th dport map @pm4-any`.
-fn static_rules(batch: &mut Batch, chain: &Chain, fam: &Family) {
+fn static_rules(batch: &mut Batch, chain: &str, fam: &Family) {
     let addr = if fam.v4 { IPV4_DADDR } else { IPV6_DADDR };
     let saddr_field = if fam.v4 { (12, 4) } else { (8, 16) };
 
-    let mut rule = local_head(chain, fam);
-    load_payload(&mut rule, NFT_PAYLOAD_NETWORK_HEADER, saddr_field, REG1);
-    lookup(&mut rule, &fam.src, REG1, None);
-    load_proto_port(&mut rule, REG32_00);
-    lookup(&mut rule, &fam.snat, REG32_00, None);
-    batch.add(&set_mark(rule), MsgType::Add);
+    let mut rule = local_head(fam);
+    rule.push(e::payload(
+        NFT_PAYLOAD_NETWORK_HEADER,
+        saddr_field,
+        NFT_REG_1,
+    ));
+    lookup(&mut rule, &fam.src, NFT_REG_1, None);
+    load_proto_port(&mut rule, NFT_REG32_00);
+    lookup(&mut rule, &fam.snat, NFT_REG32_00, None);
+    set_mark(&mut rule);
+    batch.add_rule(INET, chain, rule, None);
 
-    let mut rule = local_head(chain, fam);
-    load_proto_port(&mut rule, REG32_00);
-    lookup(&mut rule, &fam.masq_all, REG32_00, None);
-    batch.add(&set_mark(rule), MsgType::Add);
+    let mut rule = local_head(fam);
+    load_proto_port(&mut rule, NFT_REG32_00);
+    lookup(&mut rule, &fam.masq_all, NFT_REG32_00, None);
+    set_mark(&mut rule);
+    batch.add_rule(INET, chain, rule, None);
 
     let addr_words = addr.1 / 4;
-    let mut rule = local_head(chain, fam);
-    load_payload(&mut rule, NFT_PAYLOAD_NETWORK_HEADER, addr, REG32_00);
-    load_proto_port(&mut rule, REG32_00 + addr_words);
-    lookup(&mut rule, &fam.addr, REG32_00, Some(REG32_00));
-    batch.add(&dnat_regs(rule, fam), MsgType::Add);
+    let mut rule = local_head(fam);
+    rule.push(e::payload(NFT_PAYLOAD_NETWORK_HEADER, addr, NFT_REG32_00));
+    load_proto_port(&mut rule, NFT_REG32_00 + addr_words);
+    lookup(&mut rule, &fam.addr, NFT_REG32_00, Some(NFT_REG32_00));
+    rule.push(e::dnat(fam.nfproto as u32, NFT_REG32_00, fam.port_reg()));
+    batch.add_rule(INET, chain, rule, None);
 
-    let mut rule = local_head(chain, fam);
-    load_proto_port(&mut rule, REG32_00);
-    lookup(&mut rule, &fam.any, REG32_00, Some(REG32_00));
-    batch.add(&dnat_regs(rule, fam), MsgType::Add);
+    let mut rule = local_head(fam);
+    load_proto_port(&mut rule, NFT_REG32_00);
+    lookup(&mut rule, &fam.any, NFT_REG32_00, Some(NFT_REG32_00));
+    rule.push(e::dnat(fam.nfproto as u32, NFT_REG32_00, fam.port_reg()));
+    batch.add_rule(INET, chain, rule, None);
 }
 
-fn set_mark(mut rule: Rule<'_>) -> Rule<'_> {
-    rule.add_expr(&Meta::Mark { set: false });
-    rule.add_expr(&Bitwise::new(!MASQ_MARK, MASQ_MARK));
-    rule.add_expr(&Meta::Mark { set: true });
-    rule
-}
-
-/// `dnat <family> to` the address and port loaded from REG32_00 on.
-fn dnat_regs<'a>(mut rule: Rule<'a>, fam: &Family) -> Rule<'a> {
-    rule.add_expr(&RawExpr {
-        name: c"nat",
-        u32s: &[
-            (sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT),
-            (sys::NFTNL_EXPR_NAT_FAMILY, fam.nfproto as u32),
-            (sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG32_00),
-            (sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, fam.port_reg()),
-        ],
-        string: None,
-    });
-    rule
+/// `meta mark set mark | 0x2000`.
+fn set_mark(exprs: &mut Vec<NftExpr>) {
+    exprs.push(e::meta(NFT_META_MARK, NFT_REG_1));
+    exprs.push(e::bitwise(
+        &(!MASQ_MARK).to_ne_bytes(),
+        &MASQ_MARK.to_ne_bytes(),
+    ));
+    exprs.push(e::meta_set(NFT_META_MARK, NFT_REG_1));
 }
 
 /// `meta l4proto . th dport` as a key: each part padded to 4 bytes.
@@ -615,7 +543,7 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 }
 
 /// An element of a data map: the map, the key and the data.
-type DataEntry = (&'static DataSpec, Vec<u8>, Vec<u8>);
+type DataEntry = (&'static SetSpec, Vec<u8>, Vec<u8>);
 
 /// A mapping's element in its family's data maps.
 fn data_element(m: &Mapping) -> DataEntry {
@@ -633,24 +561,14 @@ fn data_element(m: &Mapping) -> DataEntry {
     }
 }
 
-fn element(
-    spec: &DataSpec,
-    key: &[u8],
-    data: Option<&[u8]>,
-    end: bool,
-    udata: Option<&[u8]>,
-) -> SetElement {
-    let name = nft::cstring(spec.name);
-    SetElement::data(c"cni-rs", ProtoFamily::Inet, &name, key, data, end, udata)
-}
-
-/// An element comment as nft writes it (NFTNL_UDATA_SET_ELEM_COMMENT):
-/// type 0, length, the text with its NUL.
-fn elem_comment(text: &str) -> Vec<u8> {
-    let mut u = vec![0u8, (text.len() + 1) as u8];
-    u.extend_from_slice(text.as_bytes());
-    u.push(0);
-    u
+/// An element of a data map or set: its key, its data, its comment.
+fn elem<'a>(key: &'a [u8], data: Option<&'a [u8]>, udata: Option<&'a [u8]>) -> Elem<'a> {
+    Elem {
+        key,
+        data: data.map_or(ElemData::None, ElemData::Value),
+        interval_end: false,
+        udata,
+    }
 }
 
 /// The DNAT elements whose comment names the owner (a dump of each data
@@ -662,14 +580,13 @@ fn commented_elements(
 ) -> Result<Vec<DataEntry>> {
     let mut found = Vec::new();
     for spec in [&V4.any, &V4.addr, &V6.any, &V6.addr] {
-        let attrs = set_elem_request(TABLE, spec.name, None);
-        let replies = match socket.dump(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+        let replies = match socket.dump(INET, nft_batch::get_elements(spec.name, None))? {
             Err(e) if nft::is_enoent(&e) => continue,
             Err(e) => return Err(nft::nft_error(op, spec.name, e)),
             Ok(replies) => replies,
         };
-        for r in replies.iter().filter(|r| r.msg_type == NFT_MSG_NEWSETELEM) {
-            for e in set_elements(r.attrs()).filter(|e| e.udata == Some(udata)) {
+        for (_, _, elems) in replies.iter().filter_map(elements_of) {
+            for e in elems.into_iter().filter(|e| e.udata == Some(udata)) {
                 let data = e.data.unwrap_or_default().to_vec();
                 found.push((spec, e.key.to_vec(), data));
             }
@@ -681,20 +598,21 @@ fn commented_elements(
 /// The data `key` maps to in `spec` now, if any (one GETSETELEM).
 fn current_data(
     socket: &mut NfSocket,
-    spec: &DataSpec,
+    spec: &SetSpec,
     key: &[u8],
     op: &'static str,
 ) -> Result<Option<Vec<u8>>> {
-    let attrs = set_elem_request(TABLE, spec.name, Some(key));
-    let reply = match socket.get(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+    let reply = match socket.get(INET, nft_batch::get_elements(spec.name, Some(key)))? {
         Err(e) if nft::is_enoent(&e) => return Ok(None),
         Err(e) => return Err(nft::nft_error(op, spec.name, e)),
         Ok(reply) => reply,
     };
     Ok(reply
-        .filter(|r| r.msg_type == NFT_MSG_NEWSETELEM)
-        .and_then(|r| {
-            set_elements(r.attrs())
+        .as_ref()
+        .and_then(elements_of)
+        .and_then(|(_, _, elems)| {
+            elems
+                .into_iter()
                 .find(|e| e.key == key)
                 .map(|e| e.data.unwrap_or_default().to_vec())
         }))
@@ -703,25 +621,24 @@ fn current_data(
 /// Whether `net`'s network address is in the source set already.
 fn src_covered(
     socket: &mut NfSocket,
-    spec: &DataSpec,
+    spec: &SetSpec,
     net: &IpNetwork,
     op: &'static str,
 ) -> Result<bool> {
     let key = octets(net.network());
-    let attrs = set_elem_request(TABLE, spec.name, Some(&key));
-    match socket.get(libc::NFPROTO_INET as u8, NFT_MSG_GETSETELEM, &attrs)? {
+    match socket.get(INET, nft_batch::get_elements(spec.name, Some(&key)))? {
         Err(e) if nft::is_enoent(&e) => Ok(false),
         Err(e) => Err(nft::nft_error(op, spec.name, e)),
-        Ok(reply) => Ok(reply.is_some_and(|r| r.msg_type == NFT_MSG_NEWSETELEM)),
+        Ok(reply) => Ok(reply.as_ref().and_then(elements_of).is_some()),
     }
 }
 
 /// Add the interval of `net` to the source set: its first address, and
 /// the address after its last one as the interval's end (none past the
 /// end of the address space).
-fn add_src(batch: &mut Batch, spec: &DataSpec, net: &IpNetwork) {
+fn add_src(batch: &mut Batch, spec: &SetSpec, net: &IpNetwork) {
     let start = octets(net.network());
-    batch.add(&element(spec, &start, None, false, None), MsgType::Add);
+    batch.add_element(INET, spec.name, &Elem::key(&start));
     let mut end = octets(net.broadcast());
     let mut carry = true;
     for b in end.iter_mut().rev() {
@@ -733,16 +650,20 @@ fn add_src(batch: &mut Batch, spec: &DataSpec, net: &IpNetwork) {
         carry = c;
     }
     if !carry {
-        batch.add(&element(spec, &end, None, true, None), MsgType::Add);
+        let end = Elem {
+            interval_end: true,
+            ..Elem::key(&end)
+        };
+        batch.add_element(INET, spec.name, &end);
     }
 }
 
 /// Remove an element if it is there (adding an existing one is a no-op):
 /// for a map, only if it still maps to `data`, else the batch fails.
-fn remove_own(batch: &mut Batch, spec: &DataSpec, key: &[u8], data: Option<&[u8]>) {
-    let e = element(spec, key, data, false, None);
-    batch.add(&e, MsgType::Add);
-    batch.add(&e, MsgType::Del);
+fn remove_own(batch: &mut Batch, spec: &SetSpec, key: &[u8], data: Option<&[u8]>) {
+    let e = elem(key, data, None);
+    batch.add_element(INET, spec.name, &e);
+    batch.del_element(INET, spec.name, &e);
 }
 
 /// Remove what a record mapping put in the data maps and sets: its DNAT
@@ -769,10 +690,10 @@ fn remove_mapping(
 
 /// The mappings of an owner chain's record rules (those in force through
 /// the data maps), in rule order.
-fn record_mappings(rules: &[Reply]) -> Vec<Mapping> {
+fn record_mappings(rules: &[RuleMessage]) -> Vec<Mapping> {
     let mut out: Vec<Mapping> = Vec::new();
-    for r in rules.iter().filter(|r| is_record(r.attrs())) {
-        if let Some(m) = mapping_of(r.attrs())
+    for r in rules.iter().filter(|r| is_record(r)) {
+        if let Some(m) = mapping_of(r)
             && !out.contains(&m)
         {
             out.push(m);
@@ -787,8 +708,8 @@ const RECORD: &str = "cni-rs portmap record";
 /// Whether a rule of an owner chain is a record of a mapping in force
 /// through the data maps (its comment says so) rather than a rule reached
 /// through the verdict maps.
-fn is_record(rule: Attrs) -> bool {
-    rule.get(NFTA_RULE_USERDATA)
+fn is_record(rule: &RuleMessage) -> bool {
+    nft_batch::rule_udata(rule)
         .is_some_and(|u| u.windows(RECORD.len()).any(|w| w == RECORD.as_bytes()))
 }
 
@@ -849,9 +770,27 @@ fn plan<'m>(s: &Setup<'m>) -> Result<Vec<&'m Mapping>> {
     Ok(plan)
 }
 
+/// What an interface name condition compares with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IfnameMatch {
+    /// The name NUL-padded to IFNAMSIZ.
+    Exact([u8; 16]),
+    /// For `name*`, the bytes of `name`.
+    Prefix(Vec<u8>),
+}
+
+impl IfnameMatch {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            IfnameMatch::Exact(p) => p,
+            IfnameMatch::Prefix(p) => p,
+        }
+    }
+}
+
 /// What an interface name condition compares with: the name NUL-padded to
 /// IFNAMSIZ (exact), or for `name*` the bytes of `name` (a prefix).
-fn ifname_match(name: &str) -> Result<InterfaceName> {
+fn ifname_match(name: &str) -> Result<IfnameMatch> {
     const IFNAMSIZ: usize = 16;
     let bad = || KernelError::InvalidIfname(name.to_owned());
     if name.contains('\0') || name.len() >= IFNAMSIZ {
@@ -859,81 +798,64 @@ fn ifname_match(name: &str) -> Result<InterfaceName> {
     }
     match name.strip_suffix('*') {
         Some("") => Err(bad()),
-        Some(prefix) => Ok(InterfaceName::StartingWith(nft::cstring(prefix))),
+        Some(prefix) => Ok(IfnameMatch::Prefix(prefix.as_bytes().to_vec())),
         None if name.is_empty() => Err(bad()),
-        None => Ok(InterfaceName::Exact(nft::cstring(name))),
+        None => {
+            let mut p = [0u8; IFNAMSIZ];
+            p[..name.len()].copy_from_slice(name.as_bytes());
+            Ok(IfnameMatch::Exact(p))
+        }
     }
 }
 
-fn op(negate: bool) -> CmpOp {
-    if negate { CmpOp::Neq } else { CmpOp::Eq }
+fn op(negate: bool) -> u32 {
+    if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }
 }
 
 /// `<field> [!=] <net>`: a load, a mask unless the prefix is full, and a
 /// compare.
-fn match_net(rule: &mut Rule, field: NetworkHeaderField, net: &IpNetwork, negate: bool) {
-    let octets = |ip: IpAddr| match ip {
-        IpAddr::V4(ip) => ip.octets().to_vec(),
-        IpAddr::V6(ip) => ip.octets().to_vec(),
-    };
+fn match_net(exprs: &mut Vec<NftExpr>, field: (u32, u32), net: &IpNetwork, negate: bool) {
     let (addr, mask) = (octets(net.network()), octets(net.mask()));
-    rule.add_expr(&Payload::Network(field));
+    exprs.push(e::payload(NFT_PAYLOAD_NETWORK_HEADER, field, NFT_REG_1));
     if mask.iter().any(|b| *b != 0xff) {
-        rule.add_expr(&Bitwise::new(&mask[..], &vec![0u8; mask.len()][..]));
+        exprs.push(e::bitwise(&mask, &vec![0u8; mask.len()]));
     }
-    rule.add_expr(&Cmp::new(op(negate), &addr[..]));
+    exprs.push(e::cmp(op(negate), &addr));
 }
 
-fn saddr(v4: bool) -> NetworkHeaderField {
-    if v4 {
-        NetworkHeaderField::Ipv4(Ipv4HeaderField::Saddr)
-    } else {
-        NetworkHeaderField::Ipv6(Ipv6HeaderField::Saddr)
-    }
+/// The source and destination address fields of the IPv4 or IPv6 header.
+fn saddr(v4: bool) -> (u32, u32) {
+    if v4 { (12, 4) } else { (8, 16) }
 }
 
-fn daddr(v4: bool) -> NetworkHeaderField {
-    if v4 {
-        NetworkHeaderField::Ipv4(Ipv4HeaderField::Daddr)
-    } else {
-        NetworkHeaderField::Ipv6(Ipv6HeaderField::Daddr)
-    }
+fn daddr(v4: bool) -> (u32, u32) {
+    if v4 { IPV4_DADDR } else { IPV6_DADDR }
 }
 
 /// One condition (checked by [`plan`]).
-fn condition(rule: &mut Rule, c: &Cond, v4: bool) {
+fn condition(exprs: &mut Vec<NftExpr>, c: &Cond, v4: bool) {
     match c {
-        Cond::Saddr { negate, net } => match_net(rule, saddr(v4), net, *negate),
-        Cond::Daddr { negate, net } => match_net(rule, daddr(v4), net, *negate),
+        Cond::Saddr { negate, net } => match_net(exprs, saddr(v4), net, *negate),
+        Cond::Daddr { negate, net } => match_net(exprs, daddr(v4), net, *negate),
         Cond::Iifname { negate, name } | Cond::Oifname { negate, name } => {
             let Ok(name) = ifname_match(name) else { return };
-            let padded;
-            let value: &[u8] = match &name {
-                InterfaceName::Exact(n) => {
-                    let mut p = [0u8; 16];
-                    p[..n.as_bytes().len()].copy_from_slice(n.as_bytes());
-                    padded = p;
-                    &padded[..]
-                }
-                InterfaceName::StartingWith(n) => n.as_bytes(),
+            let key = match c {
+                Cond::Iifname { .. } => NFT_META_IIFNAME,
+                _ => NFT_META_OIFNAME,
             };
-            let meta = match c {
-                Cond::Iifname { .. } => Meta::IifName,
-                _ => Meta::OifName,
-            };
-            rule.add_expr(&meta);
-            rule.add_expr(&Cmp::new(op(*negate), value));
+            exprs.push(e::meta(key, NFT_REG_1));
+            exprs.push(e::cmp(op(*negate), name.bytes()));
         }
         Cond::Mark {
             negate,
             value,
             mask,
         } => {
-            rule.add_expr(&Meta::Mark { set: false });
+            exprs.push(e::meta(NFT_META_MARK, NFT_REG_1));
             if *mask != u32::MAX {
-                rule.add_expr(&Bitwise::new(*mask, 0u32));
+                exprs.push(e::bitwise(&mask.to_ne_bytes(), &0u32.to_ne_bytes()));
             }
-            rule.add_expr(&Cmp::new(op(*negate), value & mask));
+            exprs.push(e::cmp(op(*negate), &(value & mask).to_ne_bytes()));
         }
     }
 }
@@ -941,48 +863,46 @@ fn condition(rule: &mut Rule, c: &Cond, v4: bool) {
 /// What every rule of a mapping starts with: the family, the conditions of
 /// that family, the protocol and host port (the map's key, repeated), and
 /// the host address if the mapping has one.
-fn head<'a>(chain: &'a Chain<'a>, m: &Mapping, conds: &[Cond]) -> Rule<'a> {
+fn head(m: &Mapping, conds: &[Cond]) -> Vec<NftExpr> {
     let v4 = m.container_ip.is_ipv4();
     let nfproto = if v4 {
         libc::NFPROTO_IPV4
     } else {
         libc::NFPROTO_IPV6
     };
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&Meta::NfProto);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto as u8));
+    let mut rule = vec![
+        e::meta(NFT_META_NFPROTO, NFT_REG_1),
+        e::cmp(NFT_CMP_EQ, &[nfproto as u8]),
+    ];
     for c in conds {
         condition(&mut rule, c, v4);
     }
-    rule.add_expr(&Meta::L4Proto);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, m.proto.number()));
-    rule.add_expr(&dport());
-    rule.add_expr(&Cmp::new(CmpOp::Eq, &m.host_port.to_be_bytes()[..]));
+    rule.push(e::meta(NFT_META_L4PROTO, NFT_REG_1));
+    rule.push(e::cmp(NFT_CMP_EQ, &[m.proto.number()]));
+    rule.push(dport(NFT_REG_1));
+    rule.push(e::cmp(NFT_CMP_EQ, &m.host_port.to_be_bytes()));
     if let Some(ip) = host_ip(m) {
-        rule.add_expr(&Payload::Network(daddr(v4)));
-        rule.add_expr(&Cmp::new(CmpOp::Eq, ip));
+        rule.push(e::payload(NFT_PAYLOAD_NETWORK_HEADER, daddr(v4), NFT_REG_1));
+        rule.push(e::cmp(NFT_CMP_EQ, &octets(ip)));
     }
     rule
 }
 
-/// `meta mark set mark | 0x2000`, then the comment.
-fn mark<'a>(mut rule: Rule<'a>, comment: &str) -> Rule<'a> {
-    rule.add_expr(&Meta::Mark { set: false });
-    rule.add_expr(&Bitwise::new(!MASQ_MARK, MASQ_MARK));
-    rule.add_expr(&Meta::Mark { set: true });
-    nft::set_comment(&mut rule, comment);
+/// `meta mark set mark | 0x2000` after `rule`.
+fn mark(mut rule: Vec<NftExpr>) -> Vec<NftExpr> {
+    set_mark(&mut rule);
     rule
 }
 
 /// The rules of one mapping, in order: the marking rules, then the DNAT
 /// (which ends the chain for the packet).
-fn mapping_rules<'a>(chain: &'a Chain<'a>, s: &Setup, m: &Mapping, comment: &str) -> Vec<Rule<'a>> {
+fn mapping_rules(s: &Setup, m: &Mapping) -> Vec<Vec<NftExpr>> {
     let v4 = m.container_ip.is_ipv4();
     let conds = if v4 { s.conditions_v4 } else { s.conditions_v6 };
     let mut rules = Vec::new();
     if s.snat {
         if s.masq_all {
-            rules.push(mark(head(chain, m, conds), comment));
+            rules.push(mark(head(m, conds)));
         } else {
             let localhost = IpNetwork::new(Ipv4Addr::LOCALHOST.into(), 8).expect("a valid prefix");
             let sources = s
@@ -991,34 +911,21 @@ fn mapping_rules<'a>(chain: &'a Chain<'a>, s: &Setup, m: &Mapping, comment: &str
                 .chain(v4.then_some(&localhost))
                 .filter(|n| n.is_ipv4() == v4);
             for net in sources {
-                let mut rule = head(chain, m, conds);
+                let mut rule = head(m, conds);
                 match_net(&mut rule, saddr(v4), net, false);
-                rules.push(mark(rule, comment));
+                rules.push(mark(rule));
             }
         }
     }
-    let mut rule = head(chain, m, conds);
-    let family = match m.container_ip {
-        IpAddr::V4(ip) => {
-            rule.add_expr(&Immediate::new(ip.octets(), Register::Reg1));
-            ProtoFamily::Ipv4
-        }
-        IpAddr::V6(ip) => {
-            rule.add_expr(&Immediate::new(ip.octets(), Register::Reg1));
-            ProtoFamily::Ipv6
-        }
+    let mut rule = head(m, conds);
+    let nfproto = if v4 {
+        libc::NFPROTO_IPV4
+    } else {
+        libc::NFPROTO_IPV6
     };
-    rule.add_expr(&Immediate::new(
-        m.container_port.to_be_bytes(),
-        Register::Reg2,
-    ));
-    rule.add_expr(&Nat {
-        nat_type: NatType::DNat,
-        family,
-        ip_register: Register::Reg1,
-        port_register: Some(Register::Reg2),
-    });
-    nft::set_comment(&mut rule, comment);
+    rule.push(e::immediate(NFT_REG_1, &octets(m.container_ip)));
+    rule.push(e::immediate(NFT_REG_2, &m.container_port.to_be_bytes()));
+    rule.push(e::dnat(nfproto as u32, NFT_REG_1, NFT_REG_2));
     rules.push(rule);
     rules
 }
@@ -1049,7 +956,7 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
         mappings.iter().partition(|m| !conds(m).is_empty());
     let keys: Vec<MapKey> = jumped.iter().map(|m| key(m.proto, m.host_port)).collect();
     let record_comment = record_comment(&s.owner);
-    let udata = elem_comment(&KIND.comment(&s.owner));
+    let udata = nft_batch::comment_udata(&KIND.comment(&s.owner));
     let op = "add portmap";
     KIND.replace_with(
         &s.owner,
@@ -1062,8 +969,8 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
                 } else {
                     &record_comment
                 };
-                for rule in mapping_rules(chain, s, m, c) {
-                    batch.add(&rule, MsgType::Add);
+                for rule in mapping_rules(s, m) {
+                    batch.add_rule(INET, chain, rule, Some(c));
                 }
             }
         },
@@ -1078,13 +985,10 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
                 let (spec, key, data) = data_element(m);
                 match current_data(socket, spec, &key, op)? {
                     Some(d) if d == data => {}
-                    Some(_) => batch.add(&element(spec, &key, None, false, None), MsgType::Del),
+                    Some(_) => batch.del_element(INET, spec.name, &Elem::key(&key)),
                     None => {}
                 }
-                batch.add(
-                    &element(spec, &key, Some(&data), false, Some(&udata)),
-                    MsgType::Add,
-                );
+                batch.add_element(INET, spec.name, &elem(&key, Some(&data), Some(&udata)));
                 let fam = Family::of(m.container_ip);
                 let pp = proto_port(m.proto, m.host_port);
                 let (want, other) = if s.masq_all {
@@ -1100,7 +1004,7 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
                         && o.container_ip.is_ipv4() == fam.v4
                 });
                 if s.snat {
-                    batch.add(&element(want, &pp, None, false, None), MsgType::Add);
+                    batch.add_element(INET, want.name, &Elem::key(&pp));
                 }
                 if before {
                     remove_own(batch, other, &pp, None);
@@ -1130,16 +1034,8 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
 
 /// The comment of an owner's record rules.
 fn record_comment(owner: &NftOwner) -> String {
-    let c = KIND.comment(owner);
-    let mut c = c.replacen("cni-rs portmap", RECORD, 1);
-    if c.len() > nft::COMMENT_MAX {
-        let mut end = nft::COMMENT_MAX;
-        while !c.is_char_boundary(end) {
-            end -= 1;
-        }
-        c.truncate(end);
-    }
-    c
+    let c = KIND.comment(owner).replacen("cni-rs portmap", RECORD, 1);
+    nft_batch::cut(&c, nft::COMMENT_MAX).to_owned()
 }
 
 /// Remove the owner's map elements and chain in one transaction; the keys
@@ -1150,14 +1046,14 @@ fn record_comment(owner: &NftOwner) -> String {
 /// conntrack entries.
 pub fn del(owner: &NftOwner) -> Result<Vec<Mapping>, KernelError> {
     let op = "delete portmap";
-    let udata = elem_comment(&KIND.comment(owner));
+    let udata = nft_batch::comment_udata(&KIND.comment(owner));
     let mut removed = Vec::new();
     KIND.delete_with(owner, op, |socket, batch, rules, legacy| {
         // Called once per attempt: report what the last attempt removed.
         removed.clear();
         if legacy {
             // A chain of the earlier layout: deleting it is all there is.
-            removed.extend(rules.iter().filter_map(|r| mapping_of(r.attrs())));
+            removed.extend(rules.iter().filter_map(mapping_of));
             return Ok(());
         }
         if rules.is_empty() {
@@ -1192,8 +1088,8 @@ pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> 
         .rules(owner, op)?
         .unwrap_or_default()
         .iter()
-        .filter(|r| !is_record(r.attrs()))
-        .filter_map(|r| mapping_of(r.attrs()))
+        .filter(|r| !is_record(r))
+        .filter_map(mapping_of)
         .collect();
     // Without the base chains nothing is in force.
     if !KIND.bases_exist(op)? {
@@ -1202,10 +1098,10 @@ pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> 
     let mut socket = NfSocket::open(op)?;
     let mut out = Vec::new();
     for r in &all {
-        let Some(m) = mapping_of(r.attrs()) else {
+        let Some(m) = mapping_of(r) else {
             continue;
         };
-        let in_force = if is_record(r.attrs()) {
+        let in_force = if is_record(r) {
             let (spec, key, data) = data_element(&m);
             current_data(&mut socket, spec, &key, op)?.as_deref() == Some(&data[..])
         } else {
@@ -1248,7 +1144,7 @@ enum Load {
     Payload(u32, (u32, u32)),
 }
 
-fn parse(rule: Attrs) -> Parsed {
+fn parse(rule: &RuleMessage) -> Parsed {
     let mut p = Parsed::default();
     let mut loaded = None;
     let mut regs: Vec<(u32, &[u8])> = Vec::new();
@@ -1313,7 +1209,7 @@ fn parse(rule: Attrs) -> Parsed {
 }
 
 /// The mapping a DNAT rule of an owner chain installs.
-fn mapping_of(rule: Attrs) -> Option<Mapping> {
+fn mapping_of(rule: &RuleMessage) -> Option<Mapping> {
     let p = parse(rule);
     let (container_ip, container_port) = p.dnat?;
     Some(Mapping {
@@ -1328,16 +1224,14 @@ fn mapping_of(rule: Attrs) -> Option<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, meta, nla, payload, rule_attrs, written};
-    use crate::nft::{NFT_CMP_NEQ, TABLE, cstring};
-    use nftnl::Table;
+    use crate::nft::test_util::{cmp, expr, meta, payload, rule_attrs, rules};
 
     const CHAIN: &str = "pm/n/c/eth0";
     const NFT_META_NFPROTO: u32 = 15;
 
     /// The `meta nfproto` a rule matches: unused by the readers, which tell the
     /// family from the addresses, but kept for tests of the rules' shape.
-    fn nfproto_of(rule: Attrs) -> Option<u8> {
+    fn nfproto_of(rule: &RuleMessage) -> Option<u8> {
         let mut loaded = None;
         for e in nft::exprs(rule) {
             match e {
@@ -1401,7 +1295,10 @@ mod tests {
     fn data_keys_and_elements_are_padded_concatenations() {
         assert_eq!(PROTO_PORT.datatype, (12 << 6) | 13);
         assert_eq!(V4.addr.key.datatype, (((7 << 6) | 12) << 6) | 13);
-        assert_eq!(V6.any.data.unwrap().len, 20);
+        assert_eq!(
+            V6.any.data,
+            SetData::Data(kt(concat(&[T_V6, T_SERVICE]), 20))
+        );
         assert_eq!(
             proto_port(Proto::Udp, 8080),
             [17, 0, 0, 0, 0x1f, 0x90, 0, 0]
@@ -1413,38 +1310,36 @@ mod tests {
         let (spec, key, data) = data_element(&tcp(8080, Some("fd99::1"), "fd66::2", 80));
         assert_eq!(spec.name, "pm6-addr");
         assert_eq!(key.len(), spec.key.len as usize);
-        assert_eq!(data.len(), spec.data.unwrap().len as usize);
+        let SetData::Data(d) = spec.data else {
+            panic!("a data map")
+        };
+        assert_eq!(data.len(), d.len as usize);
         // 0.0.0.0 is any address.
         let (spec, _, _) = data_element(&tcp(80, Some("0.0.0.0"), "10.66.0.2", 80));
         assert_eq!(spec.name, "pm4-any");
         assert_eq!((V4.port_reg(), V6.port_reg()), (9, 12));
-        assert_eq!(elem_comment("ab"), [0, 3, b'a', b'b', 0]);
+        assert_eq!(nft_batch::comment_udata("ab"), [0, 3, b'a', b'b', 0]);
     }
 
     #[test]
     fn record_rules_name_no_verdict_map_key() {
         let ms = [tcp(8080, None, "10.66.0.2", 80)];
         let s = setup(&ms, &[], &[]);
-        let table = Table::new(cstring(TABLE), ProtoFamily::Inet);
-        let chain = Chain::new(cstring(CHAIN), &table);
         let comment = record_comment(&s.owner);
         assert_eq!(comment, "cni-rs portmap record: n c eth0");
-        let rules: Vec<Vec<u8>> = mapping_rules(&chain, &s, &ms[0], &comment)
-            .iter()
-            .map(|r| written(r, CHAIN))
-            .collect();
-        assert!(rules.iter().all(|r| is_record(Attrs(r))));
-        assert!(rules.iter().all(|r| (KIND.rule_key)(Attrs(r)).is_none()));
-        let replies: Vec<Reply> = rules
-            .into_iter()
-            .map(|attrs| Reply {
-                msg_type: crate::nfnetlink::NFT_MSG_NEWRULE,
-                attrs,
-            })
-            .collect();
-        assert_eq!(record_mappings(&replies), ms);
-        let plain = mapping_rules(&chain, &s, &ms[0], "cni-rs portmap: n c eth0");
-        assert!(!is_record(Attrs(&written(&plain[0], CHAIN))));
+        let written = |comment: &str| {
+            let mut batch = Batch::new();
+            for r in mapping_rules(&s, &ms[0]) {
+                batch.add_rule(INET, CHAIN, r, Some(comment));
+            }
+            rules(&batch, CHAIN)
+        };
+        let records = written(&comment);
+        assert!(records.iter().all(is_record));
+        assert!(records.iter().all(|r| (KIND.rule_key)(r).is_none()));
+        assert_eq!(record_mappings(&records), ms);
+        let plain = written("cni-rs portmap: n c eth0");
+        assert!(!is_record(&plain[0]));
     }
 
     #[test]
@@ -1500,32 +1395,31 @@ mod tests {
         }
         assert!(matches!(
             ifname_match("eth*").unwrap(),
-            InterfaceName::StartingWith(n) if n.as_bytes() == b"eth"
+            IfnameMatch::Prefix(n) if n == b"eth"
         ));
         assert!(matches!(
             ifname_match("eth0").unwrap(),
-            InterfaceName::Exact(n) if n.as_bytes() == b"eth0"
+            IfnameMatch::Exact(n) if n[..5] == *b"eth0\0"
         ));
     }
 
     /// The rules of a setup as the kernel would dump them.
-    fn built(s: &Setup) -> Vec<Vec<u8>> {
-        let table = Table::new(cstring(TABLE), ProtoFamily::Inet);
-        let chain = Chain::new(cstring(CHAIN), &table);
-        plan(s)
-            .unwrap()
-            .into_iter()
-            .flat_map(|m| mapping_rules(&chain, s, m, "cni-rs portmap: n c eth0"))
-            .map(|r| written(&r, CHAIN))
-            .collect()
+    fn built(s: &Setup) -> Vec<RuleMessage> {
+        let mut batch = Batch::new();
+        for m in plan(s).unwrap() {
+            for r in mapping_rules(s, m) {
+                batch.add_rule(INET, CHAIN, r, Some("cni-rs portmap: n c eth0"));
+            }
+        }
+        rules(&batch, CHAIN)
     }
 
-    /// What nftnl writes for our rules is what the parser reads back (the
+    /// What we write for our rules is what the parser reads back (the
     /// kernel dumps rules with the same attributes): every rule names its
     /// key, DNAT rules name their mapping, conditions are not mistaken for
     /// the host address.
     #[test]
-    fn rules_built_with_nftnl_parse_back() {
+    fn rules_we_write_parse_back() {
         let ms = [
             tcp(8080, None, "10.66.0.2", 80),
             tcp(8081, Some("198.51.100.1"), "10.66.0.2", 80),
@@ -1569,10 +1463,7 @@ mod tests {
         let rules = built(&s);
         // Per IPv4 mapping: hairpin, localhost, DNAT; for IPv6: hairpin, DNAT.
         assert_eq!(rules.len(), 3 * 3 + 2);
-        let keys: Vec<MapKey> = rules
-            .iter()
-            .map(|r| (KIND.rule_key)(Attrs(r)).unwrap())
-            .collect();
+        let keys: Vec<MapKey> = rules.iter().map(|r| (KIND.rule_key)(r).unwrap()).collect();
         let expected: Vec<MapKey> = [
             (Proto::Tcp, 8080, 3),
             (Proto::Tcp, 8081, 3),
@@ -1583,18 +1474,15 @@ mod tests {
         .flat_map(|&(p, port, n)| std::iter::repeat_n(key(p, port), n))
         .collect();
         assert_eq!(keys, expected);
-        let mappings: Vec<Mapping> = rules.iter().filter_map(|r| mapping_of(Attrs(r))).collect();
+        let mappings: Vec<Mapping> = rules.iter().filter_map(mapping_of).collect();
         let mut back = ms.to_vec();
         back[2].host_ip = None; // 0.0.0.0 is any address
         assert_eq!(mappings, back);
-        let families: Vec<u8> = rules
-            .iter()
-            .map(|r| nfproto_of(Attrs(r)).unwrap())
-            .collect();
+        let families: Vec<u8> = rules.iter().map(|r| nfproto_of(r).unwrap()).collect();
         assert_eq!(&families[..9], &[libc::NFPROTO_IPV4 as u8; 9]);
         assert_eq!(&families[9..], &[libc::NFPROTO_IPV6 as u8; 2]);
         // The marking rules are no mapping, but name the host address.
-        let p = parse(Attrs(&rules[3]));
+        let p = parse(&rules[3]);
         assert_eq!(p.daddr, Some("198.51.100.1".parse().unwrap()));
         assert_eq!(p.dnat, None);
     }
@@ -1615,24 +1503,21 @@ mod tests {
         assert_eq!(built(&s).len(), 2, "masqAll needs snat");
     }
 
-    fn immediate(dreg: u32, value: &[u8]) -> Vec<u8> {
-        expr(
-            "immediate",
-            &[nla(1, &dreg.to_be_bytes()), nla(2 | 0x8000, &nla(1, value))],
-        )
+    fn immediate(dreg: u32, value: &[u8]) -> NftExpr {
+        e::immediate(dreg, value)
     }
 
-    fn dnat(family: u8, addr_reg: u32, port_reg: u32) -> Vec<u8> {
+    fn dnat(family: u8, addr_reg: u32, port_reg: u32) -> NftExpr {
         expr(
             "nat",
             &[
-                nla(1, &NFT_NAT_DNAT.to_be_bytes()),
-                nla(2, &u32::from(family).to_be_bytes()),
-                nla(3, &addr_reg.to_be_bytes()),
-                nla(4, &addr_reg.to_be_bytes()),
-                nla(5, &port_reg.to_be_bytes()),
-                nla(6, &port_reg.to_be_bytes()),
-                nla(7, &3u32.to_be_bytes()),
+                (1, NFT_NAT_DNAT),
+                (2, u32::from(family)),
+                (3, addr_reg),
+                (4, addr_reg),
+                (5, port_reg),
+                (6, port_reg),
+                (7, 3),
             ],
         )
     }
@@ -1657,7 +1542,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            mapping_of(Attrs(&rule)),
+            mapping_of(&rule),
             Some(Mapping {
                 proto: Proto::Udp,
                 host_port: 8080,
@@ -1680,7 +1565,7 @@ mod tests {
                 dnat(libc::NFPROTO_IPV6 as u8, 2, 1),
             ],
         );
-        let m = mapping_of(Attrs(&rule)).unwrap();
+        let m = mapping_of(&rule).unwrap();
         assert_eq!(
             (m.host_port, m.host_ip, m.container_ip, m.container_port),
             (22, None, IpAddr::V6(ip6), 2)
@@ -1724,9 +1609,10 @@ mod tests {
                 dnat(v4, 1, 2),
             ],
         ] {
-            assert_eq!(mapping_of(Attrs(&rule_attrs(CHAIN, &exprs))), None);
+            assert_eq!(mapping_of(&rule_attrs(CHAIN, &exprs)), None);
         }
-        assert_eq!(mapping_of(Attrs(&[])), None);
-        assert_eq!((KIND.rule_key)(Attrs(&[])), None);
+        let empty = rule_attrs(CHAIN, &[]);
+        assert_eq!(mapping_of(&empty), None);
+        assert_eq!((KIND.rule_key)(&empty), None);
     }
 }

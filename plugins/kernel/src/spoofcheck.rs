@@ -30,38 +30,35 @@
 //! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
 //! elsewhere.
 
-use nftnl::expr::{Cmp, CmpOp, Counter, LLHeaderField, Meta, Payload, Verdict};
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, Rule};
+use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
 use crate::error::{KernelError, Result};
-use crate::nfnetlink::Attrs;
-use crate::nft::{
-    self, BaseChain, ChainKind, Expr, MapKey, MapSpec, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME,
-    NFT_PAYLOAD_LL_HEADER,
+use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
+use crate::nft_batch::{BaseHook, Batch, Family, IFNAME, NF_INET_PRE_ROUTING, SetSpec};
+use crate::nft_expr::{
+    self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_PAYLOAD_LL_HEADER, NFT_REG_1,
+    NFT_REG_VERDICT, NftExpr,
 };
-use crate::nft_ffi::{IFNAME, VerdictLookup};
 
 pub use crate::nft::{NftOwner, TABLE};
 
-const SPOOF: MapSpec = MapSpec {
-    name: "spoof",
-    key: IFNAME,
-    id: 1,
-};
+const SPOOF: SetSpec = nft::verdict_map("spoof", IFNAME, 1);
 
 /// Base chain `spoofcheck` in `bridge cni-rs`, filter hooked at prerouting
 /// with priority -300 (as the reference), dispatching to the regular chains
 /// `spoof/<network>/<container id>/<ifname>`.
 const KIND: ChainKind = ChainKind {
-    family: ProtoFamily::Bridge,
+    family: Family::Bridge,
     prefix: "spoof",
     what: "macspoofchk",
     bases: &[BaseChain {
         name: "spoofcheck",
-        chain_type: ChainType::Filter,
-        hook: Hook::PreRouting,
-        priority: -300,
+        hook: BaseHook {
+            chain_type: "filter",
+            hook: NF_INET_PRE_ROUTING,
+            priority: -300,
+        },
         rules: dispatch,
     }],
     maps: &[SPOOF],
@@ -72,15 +69,12 @@ const KIND: ChainKind = ChainKind {
 const IFNAMSIZ: usize = 16;
 
 /// The base chain's rule: `iifname vmap @spoof`.
-fn dispatch(batch: &mut Batch, chain: &Chain) {
-    let name = nft::cstring(SPOOF.name);
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&Meta::IifName);
-    rule.add_expr(&VerdictLookup {
-        map: &name,
-        map_id: SPOOF.id,
-    });
-    batch.add(&rule, MsgType::Add);
+fn dispatch(batch: &mut Batch, chain: &str) {
+    let exprs = vec![
+        e::meta(NFT_META_IIFNAME, NFT_REG_1),
+        e::lookup(SPOOF.name, SPOOF.id, NFT_REG_1, Some(NFT_REG_VERDICT)),
+    ];
+    batch.add_rule(Family::Bridge, chain, exprs, None);
 }
 
 /// The name NUL-padded to IFNAMSIZ, as nft writes it: an exact match (a
@@ -102,18 +96,16 @@ fn key(ifname: &str) -> MapKey {
 /// Offset and length of the source address in the Ethernet header.
 const ETHER_SADDR: (u32, u32) = (6, 6);
 
-/// `iifname "<host_ifname>" ether saddr != <mac> counter drop`, in `chain`.
-fn rule<'a>(chain: &'a Chain<'a>, host_ifname: &str, mac: [u8; 6], comment: &str) -> Rule<'a> {
-    let name = padded(host_ifname);
-    let mut rule = Rule::new(chain);
-    rule.add_expr(&Meta::IifName);
-    rule.add_expr(&Cmp::new(CmpOp::Eq, &name[..]));
-    rule.add_expr(&Payload::LinkLayer(LLHeaderField::Saddr));
-    rule.add_expr(&Cmp::new(CmpOp::Neq, &mac[..]));
-    rule.add_expr(&Counter);
-    rule.add_expr(&Verdict::Drop);
-    nft::set_comment(&mut rule, comment);
-    rule
+/// `iifname "<host_ifname>" ether saddr != <mac> counter drop`.
+fn rule(host_ifname: &str, mac: [u8; 6]) -> Vec<NftExpr> {
+    vec![
+        e::meta(NFT_META_IIFNAME, NFT_REG_1),
+        e::cmp(NFT_CMP_EQ, &padded(host_ifname)),
+        e::payload(NFT_PAYLOAD_LL_HEADER, ETHER_SADDR, NFT_REG_1),
+        e::cmp(NFT_CMP_NEQ, &mac),
+        e::counter(),
+        e::verdict(libc::NF_DROP),
+    ]
 }
 
 /// Install or replace the owner's check in one transaction (after setting
@@ -127,7 +119,7 @@ pub fn add(owner: &NftOwner, host_ifname: &str, mac: [u8; 6]) -> Result<(), Kern
     }
     let keys = [key(host_ifname)];
     KIND.replace(owner, "add macspoofchk", &keys, |batch, chain, comment| {
-        batch.add(&rule(chain, host_ifname, mac, comment), MsgType::Add);
+        batch.add_rule(Family::Bridge, chain, rule(host_ifname, mac), Some(comment));
     })
 }
 
@@ -143,13 +135,13 @@ pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
 /// `None` when there is no chain, no such rule, or no such element.
 pub fn installed(owner: &NftOwner) -> Result<Option<(String, [u8; 6])>, KernelError> {
     let rules = KIND.rules(owner, "list macspoofchk")?;
-    Ok(rules.and_then(|rules| rules.iter().find_map(|r| rule_check(r.attrs()))))
+    Ok(rules.and_then(|rules| rules.iter().find_map(rule_check)))
 }
 
 /// What a spoof check rule enforces: the name an `iifname ==` compares with
 /// exactly, and the address an `ether saddr !=` compares with, in a rule that
 /// drops.
-fn rule_check(rule: Attrs) -> Option<(String, [u8; 6])> {
+fn rule_check(rule: &RuleMessage) -> Option<(String, [u8; 6])> {
     let (mut ifname, mut mac, mut drops) = (None, None, false);
     let mut loaded = None;
     for e in nft::exprs(rule) {
@@ -208,9 +200,7 @@ pub fn available() -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, meta, payload, rule_attrs, verdict, written};
-    use crate::nft::{TABLE, cstring};
-    use nftnl::Table;
+    use crate::nft::test_util::{cmp, expr, meta, payload, rule_attrs, rules, verdict};
 
     const MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0, 0, 5];
     const CHAIN: &str = "spoof/n/c/eth0";
@@ -261,7 +251,7 @@ mod tests {
         }
     }
 
-    fn ll_saddr() -> Vec<u8> {
+    fn ll_saddr() -> NftExpr {
         payload(NFT_PAYLOAD_LL_HEADER, 6, 6)
     }
 
@@ -280,7 +270,7 @@ mod tests {
                 drop.clone(),
             ],
         );
-        assert_eq!(rule_check(Attrs(&good)), Some(("veth1234".to_owned(), MAC)));
+        assert_eq!(rule_check(&good), Some(("veth1234".to_owned(), MAC)));
         // The shortest exact form (name and NUL) reads the same.
         let short = rule_attrs(
             CHAIN,
@@ -292,10 +282,7 @@ mod tests {
                 drop.clone(),
             ],
         );
-        assert_eq!(
-            rule_check(Attrs(&short)),
-            Some(("veth1234".to_owned(), MAC))
-        );
+        assert_eq!(rule_check(&short), Some(("veth1234".to_owned(), MAC)));
 
         let not_a_check = [
             // A prefix match (`iifname "veth*"`) is not one interface.
@@ -353,23 +340,21 @@ mod tests {
         ];
         for exprs in not_a_check {
             let r = rule_attrs(CHAIN, &exprs);
-            assert_eq!(rule_check(Attrs(&r)), None);
+            assert_eq!(rule_check(&r), None);
         }
-        assert_eq!(rule_check(Attrs(&[])), None);
     }
 
-    /// What nftnl writes for our rule is what the parser reads back (the
+    /// What we write for our rule is what the parser reads back (the
     /// kernel dumps rules with the same attributes).
     #[test]
-    fn the_rule_built_with_nftnl_parses_back() {
-        let table = Table::new(cstring(TABLE), ProtoFamily::Bridge);
-        let chain = Chain::new(cstring(CHAIN), &table);
+    fn the_rule_we_write_parses_back() {
         for name in ["v", "veth0a1b2c3d", "fifteen-bytes-x"] {
-            let rule = rule(&chain, name, MAC, "cni-rs macspoofchk: n c eth0");
-            let attrs = written(&rule, CHAIN);
-            assert_eq!(rule_check(Attrs(&attrs)), Some((name.to_owned(), MAC)));
+            let mut batch = Batch::new();
+            batch.add_rule(Family::Bridge, CHAIN, rule(name, MAC), Some("c"));
+            let written = rules(&batch, CHAIN).remove(0);
+            assert_eq!(rule_check(&written), Some((name.to_owned(), MAC)));
             // The key DEL and CHECK look up is the element ADD writes.
-            assert_eq!((KIND.rule_key)(Attrs(&attrs)), Some(key(name)));
+            assert_eq!((KIND.rule_key)(&written), Some(key(name)));
         }
     }
 }
