@@ -32,12 +32,21 @@ def ns(name):
     return f"/run/netns/{name}"
 
 
+# BENCH_MASQ=1: also ipMasq and macspoofchk (nftables rules on ADD and DEL).
+# The reference masquerades by running iptables, so this is for comparing
+# builds of ours (CNIRS_REF=<an older build>), not ours against the reference.
+MASQ = os.environ.get("BENCH_MASQ") == "1"
+
+
 def conf(impl, store):
-    return json.dumps({
+    c = {
         "cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": f"cnb{impl[0]}",
         "isGateway": True,
         "ipam": {"type": "host-local", "subnet": "10.129.0.0/16", "dataDir": store},
-    }).encode()
+    }
+    if MASQ:
+        c.update({"ipMasq": True, "macspoofchk": True})
+    return json.dumps(c).encode()
 
 
 def main():
@@ -80,7 +89,7 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
         os.unlink(launcher)
 
-    report("bridge", f"bridge+host-local: {ROUNDS} rounds of ADD+DEL per size, alternating", rows, SIZES)
+    report("bridge-masq" if MASQ else "bridge", f"bridge+host-local{' (ipMasq, macspoofchk)' if MASQ else ''}: {ROUNDS} rounds of ADD+DEL per size, alternating", rows, SIZES)
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,19 @@ import subprocess
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OURS_DIR = os.path.join(HERE, "..", "target", "release")
-REF_DIR = "/usr/lib/cni"
+
+
+def _release_dir():
+    """Where `make release` puts our binaries: target/<static triple>/release."""
+    script = os.path.join(HERE, "..", "scripts", "static-target.sh")
+    triple = subprocess.run([script], capture_output=True, text=True, check=True).stdout.split()[0]
+    return os.path.join(HERE, "..", "target", triple, "release")
+
+
+# CNIRS_OURS / CNIRS_REF: other directories to compare (e.g. an older build
+# of ours as the "reference", to measure a change).
+OURS_DIR = os.environ.get("CNIRS_OURS") or _release_dir()
+REF_DIR = os.environ.get("CNIRS_REF") or "/usr/lib/cni"
 
 
 def build_launcher():
@@ -56,7 +67,9 @@ def report(name, title, rows, sizes):
     def pick(n, impl, cmd, col=4):
         return [r[col] for r in rows if r[0] == n and r[2] == impl and r[3] == cmd]
 
-    out = [f"{title}; raw: {os.path.relpath(raw, HERE)}", f"{'':22}{'cni-rs':>12}{'reference':>12}{'ours/ref':>10}"]
+    out = [f"{title}; raw: {os.path.relpath(raw, HERE)}",
+           f"cni-rs: {os.path.normpath(OURS_DIR)}; reference: {os.path.normpath(REF_DIR)}",
+           f"{'':22}{'cni-rs':>12}{'reference':>12}{'ours/ref':>10}"]
     for n in sizes:
         for cmd in ("ADD", "DEL"):
             a, b = pick(n, "cni-rs", cmd), pick(n, "reference", cmd)

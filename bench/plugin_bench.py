@@ -19,13 +19,13 @@ import subprocess
 import sys
 import time
 
-from cnibench import build_launcher, run
+from cnibench import OURS_DIR, REF_DIR, build_launcher, run
 
 PLUGIN = sys.argv[1] if len(sys.argv) > 1 else "loopback"
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 HERE = os.path.dirname(os.path.abspath(__file__))
-OURS = os.path.join(HERE, "..", "target", "release", PLUGIN)
-REF = os.path.join("/usr/lib/cni", PLUGIN)
+OURS = os.path.join(OURS_DIR, PLUGIN)
+REF = os.path.join(REF_DIR, PLUGIN)
 CONF = json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": PLUGIN}).encode()
 
 
@@ -39,7 +39,7 @@ def run_one(launcher, binary, command, netns):
 def main():
     for b in (OURS, REF):
         if not os.path.isfile(b):
-            sys.exit(f"missing {b} (cargo build --release; apt-get install containernetworking-plugins)")
+            sys.exit(f"missing {b} (make release; apt-get install containernetworking-plugins)")
     launcher = build_launcher()
     ns = f"cnirs-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)

@@ -213,29 +213,57 @@ fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
 /// namespace nor the container's addresses to remove the nftables rules.
 fn del(req: &Request) -> Result<()> {
     let conf = BridgeConf::load(req)?;
-    let mut first: Option<BridgeError> = None;
-    if conf.is_layer3()
-        && let Err(e) = ipam(&conf, req, Command::Del)
-    {
-        first.get_or_insert(e);
-    }
-    if conf.ip_masq
-        && let Err(e) = masquerade::del(&owner(&conf, req))
-    {
-        first.get_or_insert(e.into());
-    }
-    if conf.macspoofchk
-        && let Err(e) = spoofcheck::del(&owner(&conf, req))
-    {
-        first.get_or_insert(e.into());
-    }
-    if let Err(e) = remove_container_link(req).and_then(|gone| {
-        if gone {
-            Ok(())
+    // The nftables rules go on a thread of their own while this one releases
+    // the address and deletes the veth: each ends in a kernel wait (an RCU
+    // grace period when the nf_tables socket closes, rcu_barrier in
+    // RTM_DELLINK), and side by side those waits overlap instead of adding
+    // up. The thread stays in this (the host's) network namespace.
+    let (rules, rest) = std::thread::scope(|s| {
+        let rules = s.spawn(|| {
+            let owner = owner(&conf, req);
+            let masq = if conf.ip_masq {
+                masquerade::del(&owner)
+            } else {
+                Ok(())
+            };
+            let spoof = if conf.macspoofchk {
+                spoofcheck::del(&owner)
+            } else {
+                Ok(())
+            };
+            (masq, spoof)
+        });
+        let ipam = if conf.is_layer3() {
+            ipam(&conf, req, Command::Del).map(|_| ())
         } else {
-            remove_host_veth(req, &conf)
-        }
-    }) {
+            Ok(())
+        };
+        let link = remove_container_link(req).and_then(|gone| {
+            if gone {
+                Ok(())
+            } else {
+                remove_host_veth(req, &conf)
+            }
+        });
+        let rules = rules
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (rules, (ipam, link))
+    });
+    // Every step was tried; the first failure, in the order ipam,
+    // masquerade, spoof check, link, is the answer.
+    let (masq, spoof) = rules;
+    let (ipam, link) = rest;
+    let mut first: Option<BridgeError> = None;
+    for e in [
+        ipam.err(),
+        masq.err().map(Into::into),
+        spoof.err().map(Into::into),
+        link.err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         first.get_or_insert(e);
     }
     first.map_or(Ok(()), Err)
