@@ -384,7 +384,7 @@ def main():
                     help="sizes that also get the case without -p (default: all)")
     ap.add_argument("--none-at", type=int, nargs="*", default=[0],
                     help="sizes that also get --network none, podman's floor (default: 0)")
-    ap.add_argument("--ours", help="directory with our release binaries (default: cargo build --release)")
+    ap.add_argument("--ours", help="directory with our release binaries (default: make release)")
     ap.add_argument("--label", help="what --ours was built from, for the report (e.g. a commit)")
     args = ap.parse_args()
     noport_at = args.noport_at if args.noport_at is not None else args.existing
@@ -393,8 +393,10 @@ def main():
     if args.ours:
         ours_dir = os.path.abspath(args.ours)
     else:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=REPO, check=True)
-        ours_dir = os.path.join(REPO, "target", "release")
+        subprocess.run(["make", "release"], cwd=REPO, check=True)
+        triple = subprocess.run([os.path.join(REPO, "scripts", "static-target.sh")],
+                                capture_output=True, text=True, check=True).stdout.split()[0]
+        ours_dir = os.path.join(REPO, "target", triple, "release")
     for d in (ours_dir, REF_DIR):
         for p in PLUGINS:
             if not os.access(os.path.join(d, p), os.X_OK):

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, spoofcheck};
+use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade};
 use cni_types::invoke::delegate;
 use cni_types::{
     Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
@@ -12,6 +12,7 @@ use crate::config::{BridgeConf, parse_mac};
 use crate::container::{self, Setup};
 use crate::error::{BridgeError, Result};
 use crate::host;
+use crate::spoofcheck;
 
 pub struct Bridge;
 

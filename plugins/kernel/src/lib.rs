@@ -1,7 +1,9 @@
-//! Kernel effects shared by the plugins: network namespaces as fds, a
-//! blocking rtnetlink socket opened inside a namespace, and link, address,
-//! route and sysctl operations with errno-aware errors, and rules in our own
-//! nftables tables (masquerade, MAC spoof check).
+//! Kernel mechanism shared by the plugins, no plugin's policy: network
+//! namespaces as fds; one blocking netlink socket type (rtnetlink,
+//! nfnetlink); links, addresses, routes and sysctls with errno-aware errors;
+//! nf_tables messages, expressions and transactions in our own table, and
+//! per-owner chains on top of them; conntrack; and masquerade, which bridge
+//! and ptp share.
 
 pub mod addr;
 pub mod conntrack;
@@ -10,13 +12,11 @@ pub mod link;
 pub mod masquerade;
 pub mod netlink;
 pub mod netns;
-mod nfnetlink;
-mod nft;
-mod nft_batch;
-mod nft_expr;
-pub mod portmap;
+pub mod nfnetlink;
+pub mod nft_expr;
+pub mod nftables;
+pub mod owner_chain;
 pub mod route;
-pub mod spoofcheck;
 pub mod sysctl;
 
 pub use addr::Address;
@@ -24,9 +24,10 @@ pub use error::KernelError;
 pub use link::Link;
 pub use netlink::Netlink;
 pub use netns::Netns;
-pub use nft::NftOwner;
+pub use owner_chain::NftOwner;
 pub use route::RouteSpec;
 
 /// The message crates, for plugins that build their own requests.
+pub use netlink_packet_netfilter as packet_netfilter;
 pub use netlink_packet_route as packet_route;
 pub use rtnetlink;

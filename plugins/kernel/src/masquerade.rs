@@ -17,7 +17,7 @@
 //! masq/...`. The `ip saddr` match repeats the map's key: it is how DEL and
 //! CHECK recover the owner's keys from its own chain. Setup, the
 //! one-transaction writes and the reads are shared with
-//! [`crate::spoofcheck`] (see `nft.rs`).
+//! the bridge's spoof check (see `owner_chain.rs`).
 //!
 //! At packet time: nat chains are only evaluated for the first packet of a
 //! connection, and then the base chain costs one hash lookup whatever the
@@ -35,19 +35,19 @@ use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
 use crate::error::{KernelError, Result};
-use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
-use crate::nft_batch::{
-    BaseHook, Batch, Family, IPV4_ADDR, IPV6_ADDR, NF_INET_POST_ROUTING, SetSpec,
-};
 use crate::nft_expr::{
     self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_NFPROTO, NFT_PAYLOAD_NETWORK_HEADER, NFT_REG_1,
     NFT_REG_VERDICT, NftExpr,
 };
+use crate::nftables::{
+    BaseHook, Batch, Family, IPV4_ADDR, IPV6_ADDR, NF_INET_POST_ROUTING, SetSpec,
+};
+use crate::owner_chain::{self, BaseChain, ChainKind, Expr, MapKey};
 
-pub use crate::nft::{NftOwner, NftOwner as MasqOwner, TABLE};
+pub use crate::owner_chain::{NftOwner, NftOwner as MasqOwner, TABLE};
 
-const MASQ4: SetSpec = nft::verdict_map("masq4", IPV4_ADDR, 1);
-const MASQ6: SetSpec = nft::verdict_map("masq6", IPV6_ADDR, 2);
+const MASQ4: SetSpec = owner_chain::verdict_map("masq4", IPV4_ADDR, 1);
+const MASQ6: SetSpec = owner_chain::verdict_map("masq6", IPV6_ADDR, 2);
 
 /// Base chain `masquerading` in `inet cni-rs`, nat hooked at postrouting
 /// with priority 100 (srcnat), dispatching to the regular chains
@@ -201,7 +201,7 @@ pub fn installed(owner: &NftOwner) -> Result<Option<Vec<IpAddr>>, KernelError> {
 /// `cmp eq` on the IPv4 or IPv6 source address loaded by a payload expression.
 fn rule_source(rule: &RuleMessage) -> Option<IpAddr> {
     let mut loaded = None; // (offset, len) of the last network-header load
-    for e in nft::exprs(rule) {
+    for e in owner_chain::exprs(rule) {
         match e {
             Expr::Payload {
                 base: NFT_PAYLOAD_NETWORK_HEADER,
@@ -242,7 +242,7 @@ pub fn available() -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, rule_attrs, rules};
+    use crate::owner_chain::test_util::{cmp, expr, rule_attrs, rules};
 
     fn owner<'a>(network: &'a str, cid: &'a str, ifname: &'a str) -> MasqOwner<'a> {
         MasqOwner {
@@ -277,7 +277,7 @@ mod tests {
     }
 
     fn payload(offset: u32, len: u32) -> NftExpr {
-        crate::nft::test_util::payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)
+        crate::owner_chain::test_util::payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)
     }
 
     fn rule_of(exprs: &[NftExpr]) -> RuleMessage {
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn the_source_address_is_read_from_kernel_shaped_rules() {
-        let meta = crate::nft::test_util::meta(15);
+        let meta = crate::owner_chain::test_util::meta(15);
         let v4 = rule_of(&[
             meta.clone(),
             cmp(NFT_CMP_EQ, &[2]),

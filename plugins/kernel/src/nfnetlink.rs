@@ -16,7 +16,7 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use crate::error::{KernelError, Result};
 use crate::netlink::{Failure, Socket};
-use crate::nft_batch::{Batch, Family};
+use crate::nftables::{Batch, Family};
 
 /// NFNL_SUBSYS_NFTABLES: a batch names the subsystem it is for in the
 /// `res_id` of its begin and end messages.
@@ -67,7 +67,7 @@ impl NfSocket {
             NLM_F_REQUEST,
             begin,
         );
-        for (i, m) in batch.messages.iter().enumerate() {
+        for (i, m) in batch.messages().iter().enumerate() {
             // Only the last message asks for an ack: the kernel answers
             // every refused message anyway, and thousands of acks would
             // not fit the receive buffer.
@@ -92,7 +92,7 @@ impl NfSocket {
             Err(Failure::Refused { errno, seq }) => {
                 let object = seq
                     .checked_sub(begin + 1)
-                    .and_then(|i| batch.messages.get(i as usize))
+                    .and_then(|i| batch.messages().get(i as usize))
                     .map_or_else(|| "batch".to_owned(), |m| m.what.clone());
                 Err(KernelError::Nftables {
                     op: self.op,

@@ -11,7 +11,7 @@
 //! Anything else is refused with code 2 (unsupported field) rather than
 //! guessed at.
 
-use cni_kernel::portmap::Cond;
+use crate::rules::Cond;
 use cni_types::{CniError, Code};
 use ipnetwork::IpNetwork;
 

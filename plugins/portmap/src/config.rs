@@ -1,6 +1,6 @@
 //! The portmap plugin's configuration.
 
-use cni_kernel::portmap::{Cond, MASQ_MARK};
+use crate::rules::{Cond, MASQ_MARK};
 use cni_types::{CniError, Code, NetConf, Request};
 use serde::Deserialize;
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use cni_kernel::portmap::{Mapping, Proto};
+use crate::rules::{Mapping, Proto};
 use cni_types::{CniError, CniResult, PortMapping};
 use ipnetwork::IpNetwork;
 

@@ -1,7 +1,7 @@
 use std::collections::BTreeSet;
 
+use crate::rules::{self, Mapping, NftOwner, Proto, Setup};
 use cni_kernel::conntrack::{self, Family};
-use cni_kernel::portmap::{self, Mapping, NftOwner, Proto, Setup};
 use cni_kernel::{Netlink, sysctl};
 use cni_types::{CniError, CniResult, Code, Plugin, Request};
 
@@ -33,7 +33,7 @@ impl Plugin for Portmap {
     }
 
     fn status(&self, _req: &Request) -> Result<(), CniError> {
-        portmap::available().map_err(|e| {
+        rules::available().map_err(|e| {
             CniError::new(Code::NOT_AVAILABLE, format!("nf_tables is not usable: {e}"))
         })
     }
@@ -66,7 +66,7 @@ fn add(req: &Request) -> Result<CniResult> {
         return Ok(prev);
     }
     let hairpin = targets.subnets();
-    portmap::add(&Setup {
+    rules::add(&Setup {
         owner: owner(&conf, req),
         mappings: &mappings,
         snat: conf.snat(),
@@ -76,7 +76,7 @@ fn add(req: &Request) -> Result<CniResult> {
         conditions_v6: &conf.v6,
     })?;
     if let Err(e) = after_add(&conf, &mappings, &targets) {
-        let _ = portmap::del(&owner(&conf, req));
+        let _ = rules::del(&owner(&conf, req));
         return Err(e);
     }
     Ok(prev)
@@ -119,7 +119,7 @@ fn flush_udp(mappings: &[Mapping]) {
 /// the namespace is needed. Stale UDP conntrack entries go too.
 fn del(req: &Request) -> Result<()> {
     let conf = PortMapConf::load(req)?;
-    let removed = portmap::del(&owner(&conf, req))?;
+    let removed = rules::del(&owner(&conf, req))?;
     flush_udp(&removed);
     Ok(())
 }
@@ -132,7 +132,7 @@ fn check(req: &Request) -> Result<()> {
     if mappings.is_empty() {
         return Ok(());
     }
-    let installed = portmap::installed(&owner(&conf, req))?.unwrap_or_default();
+    let installed = rules::installed(&owner(&conf, req))?.unwrap_or_default();
     if let Some(m) = mappings.iter().find(|m| !installed.contains(m)) {
         return Err(PortmapError::Drift(format!(
             "the mapping of host port {}/{:?} to {}:{} is not installed",
@@ -147,7 +147,7 @@ fn gc(req: &Request) -> Result<()> {
     let conf = PortMapConf::load(req)?;
     let keep = req.gc_attachments()?;
     let mut first = None;
-    for (id, ifname) in portmap::owners(&conf.net.name)? {
+    for (id, ifname) in rules::owners(&conf.net.name)? {
         if keep
             .iter()
             .any(|a| a.container_id == id && a.ifname == ifname)
@@ -159,7 +159,7 @@ fn gc(req: &Request) -> Result<()> {
             container_id: &id,
             ifname: &ifname,
         };
-        match portmap::del(&o) {
+        match rules::del(&o) {
             Ok(removed) => flush_udp(&removed),
             Err(e) => {
                 first.get_or_insert(PortmapError::from(e));

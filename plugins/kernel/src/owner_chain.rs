@@ -1,10 +1,10 @@
-//! What the nftables modules ([`crate::masquerade`], [`crate::spoofcheck`])
-//! share: our table, one base chain per kind dispatching through verdict
-//! maps to one regular chain per owner, and the ways of writing and reading
-//! them.
+//! Per-owner chains: the mechanism masquerade (here), the bridge's spoof
+//! check and portmap's rules (in their plugins) share: our table, one base
+//! chain per kind dispatching through verdict maps to one regular chain per
+//! owner, and the ways of writing and reading them.
 //!
 //! Per kind of rule, our table `cni-rs` of the kind's family holds:
-//! - one base chain (e.g. `masquerading`; [`crate::portmap`] has three, one
+//! - one base chain (e.g. `masquerading`; portmap has three, one
 //!   per hook it needs) whose rules look the packet's key (source address,
 //!   input interface, destination port) up in the kind's verdict maps
 //!   (`vmap`), created once per namespace;
@@ -38,9 +38,6 @@
 //! asked (GETSETELEM) and the batch is built again. The table is created
 //! when missing and never deleted (deleting it could race another ADD).
 //!
-//! Chains of the layout before the maps (a base chain per owner, under the
-//! same names) are still read, deleted, and replaced on ADD.
-//!
 //! Everything acts in the network namespace of the calling thread (the
 //! netlink socket is opened there).
 //!
@@ -57,12 +54,12 @@ use nix::errno::Errno;
 
 use crate::error::{KernelError, Result};
 use crate::nfnetlink::NfSocket;
-pub(crate) use crate::nft_batch::COMMENT_MAX;
-pub use crate::nft_batch::TABLE;
-use crate::nft_batch::{
+pub use crate::nft_expr::{Expr, exprs};
+pub use crate::nftables::COMMENT_MAX;
+pub use crate::nftables::TABLE;
+use crate::nftables::{
     self, BaseHook, Batch, Elem, ElemData, Family, SetData, SetSpec, chain_of, elements_of, rule_of,
 };
-pub(crate) use crate::nft_expr::{Expr, exprs};
 
 const SEP: char = '/';
 /// NFT_CHAIN_MAXNAMELEN (256) includes the terminating NUL.
@@ -81,7 +78,7 @@ pub struct NftOwner<'a> {
 
 /// A key in one of a kind's maps (an owner has one per rule).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct MapKey {
+pub struct MapKey {
     pub map: &'static str,
     pub key: Vec<u8>,
 }
@@ -99,7 +96,7 @@ enum Holder {
 /// A base chain of a kind: its name, how it hooks in, and its rules (the
 /// `vmap` lookups dispatching to the owner chains, or anything else the
 /// kind needs once per namespace).
-pub(crate) struct BaseChain {
+pub struct BaseChain {
     pub name: &'static str,
     pub hook: BaseHook,
     /// Add the base chain's rules to the batch, given the chain's name.
@@ -111,7 +108,7 @@ pub(crate) struct BaseChain {
 /// maps up, its maps, the first part of its owner chains' names, how a rule
 /// of an owner chain names its key, and what it is called in comments and
 /// errors.
-pub(crate) struct ChainKind {
+pub struct ChainKind {
     pub family: Family,
     pub prefix: &'static str,
     pub what: &'static str,
@@ -129,8 +126,6 @@ pub(crate) struct ChainKind {
 
 /// An owner's chain as the kernel has it.
 struct OwnerChain {
-    /// A base chain of the layout before the maps (no elements jump to it).
-    legacy: bool,
     /// Its rules (as the kernel dumps them, in chain order).
     rules: Vec<RuleMessage>,
 }
@@ -246,7 +241,7 @@ impl ChainKind {
     /// Whether chain `name` of our table exists: `Some(true)` for a base
     /// chain, `Some(false)` for a regular one.
     fn chain(&self, socket: &mut NfSocket, name: &str, op: &'static str) -> Result<Option<bool>> {
-        match socket.get(self.family, nft_batch::get_chain(Some(name)))? {
+        match socket.get(self.family, nftables::get_chain(Some(name)))? {
             Err(e) if is_enoent(&e) => Ok(None),
             Err(e) => Err(nft_error(op, name, e)),
             Ok(reply) => Ok(Some(
@@ -266,10 +261,10 @@ impl ChainKind {
         name: &str,
         op: &'static str,
     ) -> Result<Option<OwnerChain>> {
-        let Some(legacy) = self.chain(socket, name, op)? else {
+        if self.chain(socket, name, op)?.is_none() {
             return Ok(None);
-        };
-        let rules = match socket.dump(self.family, nft_batch::get_rules(name))? {
+        }
+        let rules = match socket.dump(self.family, nftables::get_rules(name))? {
             Err(e) if is_enoent(&e) => return Ok(None),
             Err(e) => return Err(nft_error(op, name, e)),
             Ok(rules) => rules,
@@ -280,7 +275,7 @@ impl ChainKind {
             .filter(|(table, chain, _)| *table == TABLE && *chain == name)
             .map(|(_, _, rule)| rule.clone())
             .collect();
-        Ok(Some(OwnerChain { legacy, rules }))
+        Ok(Some(OwnerChain { rules }))
     }
 
     /// The keys an owner chain's rules match, each once, in rule order.
@@ -303,7 +298,7 @@ impl ChainKind {
         chain: &str,
         op: &'static str,
     ) -> Result<Holder> {
-        let request = nft_batch::get_elements(key.map, Some(&key.key));
+        let request = nftables::get_elements(key.map, Some(&key.key));
         let reply = match socket.get(self.family, request)? {
             Err(e) if is_enoent(&e) => return Ok(Holder::Nobody),
             Err(e) => return Err(nft_error(op, key.map, e)),
@@ -347,7 +342,7 @@ impl ChainKind {
     ) -> Result<Vec<MapKey>> {
         let mut keys = Vec::new();
         for map in self.maps {
-            let request = nft_batch::get_elements(map.name, None);
+            let request = nftables::get_elements(map.name, None);
             let replies = match socket.dump(self.family, request)? {
                 Err(e) if is_enoent(&e) => continue,
                 Err(e) => return Err(nft_error(op, map.name, e)),
@@ -372,8 +367,7 @@ impl ChainKind {
     }
 
     /// Install or replace the owner's rules and elements: set up the kind
-    /// if needed, then in one batch create the owner's chain (replacing one
-    /// of the old layout), flush it, let `rules` add the rules (each with
+    /// if needed, then in one batch create the owner's chain, flush it, let `rules` add the rules (each with
     /// the comment it is given), delete the owner's elements for keys it no
     /// longer has, and map each of `keys` to the chain, taking over keys
     /// that map to another chain (left behind by a missed DEL).
@@ -389,7 +383,7 @@ impl ChainKind {
 
     /// [`Self::replace`], with `extra` adding more to the same batch on
     /// each attempt, given the rules the owner's chain holds now (none for
-    /// a new chain or one of the old layout).
+    /// a new chain).
     pub fn replace_with(
         &self,
         owner: &NftOwner,
@@ -416,28 +410,20 @@ impl ChainKind {
             attempt += 1;
             self.ensure_setup(&mut socket, op)?;
             let current = self.owner_chain(&mut socket, &name, op)?;
-            let legacy = current.as_ref().is_some_and(|c| c.legacy);
             let stale: Vec<MapKey> = match &current {
-                Some(c) if !c.legacy => self
+                Some(c) => self
                     .keys_of(&c.rules)
                     .into_iter()
                     .filter(|k| !keys.contains(&k))
                     .collect(),
-                _ => Vec::new(),
+                None => Vec::new(),
             };
 
             let mut batch = Batch::new();
-            if legacy {
-                batch.flush_chain(self.family, &name);
-                batch.del_chain(self.family, &name);
-            }
             batch.add_chain(self.family, &name, None, false);
             batch.flush_chain(self.family, &name);
             rules(&mut batch, &name, &comment);
-            let now: &[RuleMessage] = match &current {
-                Some(c) if !c.legacy => &c.rules,
-                _ => &[],
-            };
+            let now: &[RuleMessage] = current.as_ref().map_or(&[], |c| &c.rules);
             extra(&mut socket, &mut batch, now)?;
             for key in &stale {
                 if matches!(known.get(key), None | Some(Holder::Owner)) {
@@ -481,18 +467,16 @@ impl ChainKind {
     /// flushed behind our back, so the keys of some elements are lost),
     /// every element jumping to it is found in the maps and deleted too.
     pub fn delete(&self, owner: &NftOwner, op: &'static str) -> Result<()> {
-        self.delete_with(owner, op, |_, _, _, _| Ok(()))
+        self.delete_with(owner, op, |_, _, _| Ok(()))
     }
 
     /// [`Self::delete`], with `extra` adding more to the same batch on each
-    /// attempt, given the rules the owner's chain holds and whether it is a
-    /// chain of the old layout (then only to read them: deleting the chain
-    /// is all there is to do).
+    /// attempt, given the rules the owner's chain holds.
     pub fn delete_with(
         &self,
         owner: &NftOwner,
         op: &'static str,
-        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[RuleMessage], bool) -> Result<()>,
+        mut extra: impl FnMut(&mut NfSocket, &mut Batch, &[RuleMessage]) -> Result<()>,
     ) -> Result<()> {
         // An owner `replace` refuses never had a chain; its name could even
         // be another owner's, so touch nothing.
@@ -509,13 +493,10 @@ impl ChainKind {
             let Some(current) = self.owner_chain(&mut socket, &name, op)? else {
                 return Ok(());
             };
-            let mut keys = Vec::new();
-            if !current.legacy {
-                keys = self.keys_of(&current.rules);
-                for key in &referencing {
-                    if !keys.contains(key) {
-                        keys.push(key.clone());
-                    }
+            let mut keys = self.keys_of(&current.rules);
+            for key in &referencing {
+                if !keys.contains(key) {
+                    keys.push(key.clone());
                 }
             }
             let mut batch = Batch::new();
@@ -524,7 +505,7 @@ impl ChainKind {
                     self.delete_own_element(&mut batch, key, &name);
                 }
             }
-            extra(&mut socket, &mut batch, &current.rules, current.legacy)?;
+            extra(&mut socket, &mut batch, &current.rules)?;
             batch.flush_chain(self.family, &name);
             batch.del_chain(self.family, &name);
             let refused = match socket.commit(&batch) {
@@ -537,7 +518,7 @@ impl ChainKind {
                     known = self.holders(&mut socket, &keys, &name, op)?;
                 }
                 // Still referenced: by elements whose keys we do not know.
-                Some(Errno::EBUSY) if !searched && !current.legacy => {
+                Some(Errno::EBUSY) if !searched => {
                     searched = true;
                     referencing = self.keys_jumping_to(&mut socket, &name, op)?;
                 }
@@ -548,8 +529,7 @@ impl ChainKind {
 
     /// The rules of the owner's chain that are in force (NEWRULE replies,
     /// in chain order): those whose key maps to the chain, while the base
-    /// chain exists (or every rule of a chain of the old layout, a base
-    /// chain of its own), or `None` when the chain does not exist.
+    /// chain exists, or `None` when the chain does not exist.
     pub fn rules(&self, owner: &NftOwner, op: &'static str) -> Result<Option<Vec<RuleMessage>>> {
         let Ok(name) = self.chain_name(owner) else {
             return Ok(None);
@@ -558,9 +538,6 @@ impl ChainKind {
         let Some(current) = self.owner_chain(&mut socket, &name, op)? else {
             return Ok(None);
         };
-        if current.legacy {
-            return Ok(Some(current.rules));
-        }
         // Without the base chains nothing is dispatched to the owner's.
         if !self.has_bases(&mut socket, op)? {
             return Ok(Some(Vec::new()));
@@ -595,7 +572,7 @@ impl ChainKind {
     /// Every `(container id, ifname)` with a chain of this kind for `network`.
     pub fn owners(&self, network: &str, op: &'static str) -> Result<Vec<(String, String)>> {
         let mut socket = NfSocket::open(op)?;
-        let chains = match socket.dump(self.family, nft_batch::get_chain(None))? {
+        let chains = match socket.dump(self.family, nftables::get_chain(None))? {
             Err(e) if is_enoent(&e) => return Ok(Vec::new()),
             Err(e) => return Err(nft_error(op, TABLE, e)),
             Ok(chains) => chains,
@@ -616,13 +593,13 @@ impl ChainKind {
     pub fn available(&self, op: &'static str) -> Result<()> {
         let mut socket = NfSocket::open(op)?;
         socket
-            .dump(self.family, nft_batch::get_tables())?
+            .dump(self.family, nftables::get_tables())?
             .map(|_| ())
             .map_err(|e| nft_error(op, self.what, e))
     }
 }
 
-pub(crate) fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
+pub fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
     KernelError::Nftables {
         op,
         object: object.to_owned(),
@@ -634,7 +611,7 @@ fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw)
 }
 
-pub(crate) fn is_enoent(e: &io::Error) -> bool {
+pub fn is_enoent(e: &io::Error) -> bool {
     errno(e) == Some(Errno::ENOENT)
 }
 
@@ -648,7 +625,7 @@ fn jump<'a>(key: &'a MapKey, chain: &'a str) -> Elem<'a> {
 
 /// A verdict map of a kind, keyed by `key`, that rules of the setup batch
 /// refer to by `id`.
-pub(crate) const fn verdict_map(name: &'static str, key: nft_batch::KeyType, id: u32) -> SetSpec {
+pub const fn verdict_map(name: &'static str, key: nftables::KeyType, id: u32) -> SetSpec {
     SetSpec {
         name,
         id,
@@ -658,10 +635,9 @@ pub(crate) const fn verdict_map(name: &'static str, key: nft_batch::KeyType, id:
     }
 }
 
-/// Rules as the kernel dumps them, for the readers' unit tests: built
-/// with the codec, written to bytes and parsed back.
-#[cfg(test)]
-pub(crate) mod test_util {
+/// Rules as the kernel dumps them, for the readers' unit tests (here and in
+/// the plugins): built with the codec, written to bytes and parsed back.
+pub mod test_util {
     use super::*;
     use crate::nft_expr::{self as e, NFT_REG_1, NftExpr};
     use netlink_packet_core::{DefaultNla, Emitable, Parseable};
@@ -692,7 +668,7 @@ pub(crate) mod test_util {
     /// Every message of `batch`, written and parsed back.
     pub fn written(batch: &Batch) -> Vec<NfTablesMessage> {
         batch
-            .messages
+            .messages()
             .iter()
             .map(|m| {
                 let netlink_packet_netfilter::NetfilterMessageInner::NfTables(msg) =
@@ -836,10 +812,10 @@ mod tests {
         assert!(c.len() <= COMMENT_MAX && c.starts_with("cni-rs testing: é"));
         // As userdata: a TLV of type 0 holding the text and its NUL, which
         // fits nft's 128-byte comment buffer even for a longer text.
-        let u = nft_batch::comment_udata(&c);
+        let u = nftables::comment_udata(&c);
         assert_eq!(&u[..2], &[0, c.len() as u8 + 1]);
         assert_eq!(&u[2..u.len() - 1], c.as_bytes());
-        assert_eq!(nft_batch::comment_udata(&"x".repeat(300)).len(), 128);
+        assert_eq!(nftables::comment_udata(&"x".repeat(300)).len(), 128);
     }
 
     #[test]

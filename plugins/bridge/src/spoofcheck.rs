@@ -15,35 +15,35 @@
 //! spoof/...`. The `iifname` match repeats the map's key: it is how DEL and
 //! CHECK recover the key from the owner's own chain. Setup, the
 //! one-transaction writes and the reads are shared with
-//! [`crate::masquerade`] (see `nft.rs`).
+//! [`cni_kernel::masquerade`] (see `cni_kernel::owner_chain`).
 //!
 //! Like the reference plugin (`pkg/link/spoofcheck.go`), only the Ethernet
 //! source is checked; ARP sender addresses are not. Like it, a shared base
 //! chain jumps to per-owner chains, but through a map: the cost at packet
 //! time is one hash lookup, not an `iifname` compare per attachment on the
-//! bridge, and a base chain per owner (our earlier layout) would hit the
+//! bridge, and a base chain per owner would hit the
 //! kernel's limit of 1024 hook entries per hook. DEL is one transaction that
 //! needs no listing of the shared chain and works without the container's
 //! netns.
 //!
 //! Everything acts in the network namespace of the calling thread (the
-//! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
+//! netlink socket is opened there): run it inside [`cni_kernel::Netns::run`] to act
 //! elsewhere.
 
-use netlink_packet_netfilter::nftables::RuleMessage;
+use cni_kernel::packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
-use crate::error::{KernelError, Result};
-use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
-use crate::nft_batch::{BaseHook, Batch, Family, IFNAME, NF_INET_PRE_ROUTING, SetSpec};
-use crate::nft_expr::{
+use cni_kernel::error::{KernelError, Result};
+use cni_kernel::nft_expr::{
     self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_PAYLOAD_LL_HEADER, NFT_REG_1,
     NFT_REG_VERDICT, NftExpr,
 };
+use cni_kernel::nftables::{BaseHook, Batch, Family, IFNAME, NF_INET_PRE_ROUTING, SetSpec};
+use cni_kernel::owner_chain::{self, BaseChain, ChainKind, Expr, MapKey};
 
-pub use crate::nft::{NftOwner, TABLE};
+pub use cni_kernel::owner_chain::{NftOwner, TABLE};
 
-const SPOOF: SetSpec = nft::verdict_map("spoof", IFNAME, 1);
+const SPOOF: SetSpec = owner_chain::verdict_map("spoof", IFNAME, 1);
 
 /// Base chain `spoofcheck` in `bridge cni-rs`, filter hooked at prerouting
 /// with priority -300 (as the reference), dispatching to the regular chains
@@ -144,7 +144,7 @@ pub fn installed(owner: &NftOwner) -> Result<Option<(String, [u8; 6])>, KernelEr
 fn rule_check(rule: &RuleMessage) -> Option<(String, [u8; 6])> {
     let (mut ifname, mut mac, mut drops) = (None, None, false);
     let mut loaded = None;
-    for e in nft::exprs(rule) {
+    for e in owner_chain::exprs(rule) {
         match e {
             Expr::Meta { key } => {
                 loaded = Some(Expr::Meta { key });
@@ -200,7 +200,9 @@ pub fn available() -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, meta, payload, rule_attrs, rules, verdict};
+    use cni_kernel::owner_chain::test_util::{
+        cmp, expr, meta, payload, rule_attrs, rules, verdict,
+    };
 
     const MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0, 0, 5];
     const CHAIN: &str = "spoof/n/c/eth0";

@@ -9,7 +9,7 @@
 //! mapped (a verdict-map element or a reachable `dnat` rule in a regular
 //! chain made every commit re-validate the table, O(owners)).
 //!
-//! Once per namespace (one batch, like every kind in `nft.rs`):
+//! Once per namespace (one batch, like every kind in `cni_kernel::owner_chain`):
 //! - per family (`pm4-*` for IPv4, `pm6-*` for IPv6) two data maps,
 //!   `pm4-any` (`type inet_proto . inet_service : ipv4_addr .
 //!   inet_service`: protocol and host port to container address and port)
@@ -56,13 +56,11 @@
 //!   masquerade does for reused addresses); if the record was flushed by
 //!   hand, DEL finds the owner's elements by their comment (dumping the
 //!   four data maps).
-//! - A mapping whose family has conditions (conditionsV4/V6, rare) keeps
-//!   the previous layout: one element per (protocol, host port) in the
-//!   protocol's verdict map, `<host port> : jump pm/...`, and its rules in
-//!   the owner's chain are in force. Such configs keep the previous cost
-//!   (the kernel validates the jumps on each commit). Owner chains of the
-//!   previous layout (every mapping jumped to) are read, deleted and
-//!   replaced the same way.
+//! - A mapping whose family has conditions (conditionsV4/V6, rare) is
+//!   jumped to: one element per (protocol, host port) in the protocol's
+//!   verdict map, `<host port> : jump pm/...`, and its rules in the owner's
+//!   chain are in force. Such configs cost more per commit (the kernel
+//!   validates the jumps on each one).
 //!
 //! Marking is decided per port, not per (source, port): a source in
 //! `pm4-src` connecting to any port in `pm4-snat` is masqueraded, so a
@@ -81,33 +79,33 @@
 //! the data maps and wins over the same port mapped without.
 //!
 //! Everything acts in the network namespace of the calling thread (the
-//! netlink socket is opened there): run it inside [`crate::Netns::run`] to act
+//! netlink socket is opened there): run it inside [`cni_kernel::Netns::run`] to act
 //! elsewhere.
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use cni_kernel::packet_netfilter::nftables::RuleMessage;
 use ipnetwork::IpNetwork;
-use netlink_packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
-use crate::error::{KernelError, Result};
-use crate::nfnetlink::NfSocket;
-use crate::nft::{self, BaseChain, ChainKind, Expr, MapKey};
-use crate::nft_batch::{
-    self, BaseHook, Batch, Elem, ElemData, INET_SERVICE, KeyType, NF_INET_LOCAL_OUT,
-    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, elements_of,
-};
-use crate::nft_expr::{
+use cni_kernel::error::{KernelError, Result};
+use cni_kernel::nfnetlink::NfSocket;
+use cni_kernel::nft_expr::{
     self as e, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_IIFNAME, NFT_META_L4PROTO, NFT_META_MARK,
     NFT_META_NFPROTO, NFT_META_OIFNAME, NFT_NAT_DNAT, NFT_PAYLOAD_NETWORK_HEADER,
     NFT_PAYLOAD_TRANSPORT_HEADER, NFT_REG_1, NFT_REG_2, NFT_REG_VERDICT, NFT_REG32_00, NftExpr,
     RTN_LOCAL,
 };
+use cni_kernel::nftables::{
+    self, BaseHook, Batch, Elem, ElemData, INET_SERVICE, KeyType, NF_INET_LOCAL_OUT,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, elements_of,
+};
+use cni_kernel::owner_chain::{self, BaseChain, ChainKind, Expr, MapKey};
 
 /// All of portmap lives in `inet cni-rs`.
-const INET: nft_batch::Family = nft_batch::Family::Inet;
+const INET: nftables::Family = nftables::Family::Inet;
 
-pub use crate::nft::NftOwner;
+pub use cni_kernel::owner_chain::NftOwner;
 
 /// The transport protocol of a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,9 +203,9 @@ pub struct Setup<'a> {
     pub conditions_v6: &'a [Cond],
 }
 
-const PM_TCP: SetSpec = nft::verdict_map("pm-tcp", INET_SERVICE, 1);
-const PM_UDP: SetSpec = nft::verdict_map("pm-udp", INET_SERVICE, 2);
-const PM_SCTP: SetSpec = nft::verdict_map("pm-sctp", INET_SERVICE, 3);
+const PM_TCP: SetSpec = owner_chain::verdict_map("pm-tcp", INET_SERVICE, 1);
+const PM_UDP: SetSpec = owner_chain::verdict_map("pm-udp", INET_SERVICE, 2);
+const PM_SCTP: SetSpec = owner_chain::verdict_map("pm-sctp", INET_SERVICE, 3);
 
 /// dstnat and srcnat, as nft names the usual nat priorities.
 const DSTNAT: i32 = -100;
@@ -580,9 +578,9 @@ fn commented_elements(
 ) -> Result<Vec<DataEntry>> {
     let mut found = Vec::new();
     for spec in [&V4.any, &V4.addr, &V6.any, &V6.addr] {
-        let replies = match socket.dump(INET, nft_batch::get_elements(spec.name, None))? {
-            Err(e) if nft::is_enoent(&e) => continue,
-            Err(e) => return Err(nft::nft_error(op, spec.name, e)),
+        let replies = match socket.dump(INET, nftables::get_elements(spec.name, None))? {
+            Err(e) if owner_chain::is_enoent(&e) => continue,
+            Err(e) => return Err(owner_chain::nft_error(op, spec.name, e)),
             Ok(replies) => replies,
         };
         for (_, _, elems) in replies.iter().filter_map(elements_of) {
@@ -602,9 +600,9 @@ fn current_data(
     key: &[u8],
     op: &'static str,
 ) -> Result<Option<Vec<u8>>> {
-    let reply = match socket.get(INET, nft_batch::get_elements(spec.name, Some(key)))? {
-        Err(e) if nft::is_enoent(&e) => return Ok(None),
-        Err(e) => return Err(nft::nft_error(op, spec.name, e)),
+    let reply = match socket.get(INET, nftables::get_elements(spec.name, Some(key)))? {
+        Err(e) if owner_chain::is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(owner_chain::nft_error(op, spec.name, e)),
         Ok(reply) => reply,
     };
     Ok(reply
@@ -626,9 +624,9 @@ fn src_covered(
     op: &'static str,
 ) -> Result<bool> {
     let key = octets(net.network());
-    match socket.get(INET, nft_batch::get_elements(spec.name, Some(&key)))? {
-        Err(e) if nft::is_enoent(&e) => Ok(false),
-        Err(e) => Err(nft::nft_error(op, spec.name, e)),
+    match socket.get(INET, nftables::get_elements(spec.name, Some(&key)))? {
+        Err(e) if owner_chain::is_enoent(&e) => Ok(false),
+        Err(e) => Err(owner_chain::nft_error(op, spec.name, e)),
         Ok(reply) => Ok(reply.as_ref().and_then(elements_of).is_some()),
     }
 }
@@ -709,7 +707,7 @@ const RECORD: &str = "cni-rs portmap record";
 /// through the data maps (its comment says so) rather than a rule reached
 /// through the verdict maps.
 fn is_record(rule: &RuleMessage) -> bool {
-    nft_batch::rule_udata(rule)
+    nftables::rule_udata(rule)
         .is_some_and(|u| u.windows(RECORD.len()).any(|w| w == RECORD.as_bytes()))
 }
 
@@ -956,7 +954,7 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
         mappings.iter().partition(|m| !conds(m).is_empty());
     let keys: Vec<MapKey> = jumped.iter().map(|m| key(m.proto, m.host_port)).collect();
     let record_comment = record_comment(&s.owner);
-    let udata = nft_batch::comment_udata(&KIND.comment(&s.owner));
+    let udata = nftables::comment_udata(&KIND.comment(&s.owner));
     let op = "add portmap";
     KIND.replace_with(
         &s.owner,
@@ -1035,7 +1033,7 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
 /// The comment of an owner's record rules.
 fn record_comment(owner: &NftOwner) -> String {
     let c = KIND.comment(owner).replacen("cni-rs portmap", RECORD, 1);
-    nft_batch::cut(&c, nft::COMMENT_MAX).to_owned()
+    nftables::cut(&c, owner_chain::COMMENT_MAX).to_owned()
 }
 
 /// Remove the owner's map elements and chain in one transaction; the keys
@@ -1046,16 +1044,11 @@ fn record_comment(owner: &NftOwner) -> String {
 /// conntrack entries.
 pub fn del(owner: &NftOwner) -> Result<Vec<Mapping>, KernelError> {
     let op = "delete portmap";
-    let udata = nft_batch::comment_udata(&KIND.comment(owner));
+    let udata = nftables::comment_udata(&KIND.comment(owner));
     let mut removed = Vec::new();
-    KIND.delete_with(owner, op, |socket, batch, rules, legacy| {
+    KIND.delete_with(owner, op, |socket, batch, rules| {
         // Called once per attempt: report what the last attempt removed.
         removed.clear();
-        if legacy {
-            // A chain of the earlier layout: deleting it is all there is.
-            removed.extend(rules.iter().filter_map(mapping_of));
-            return Ok(());
-        }
         if rules.is_empty() {
             // The record was flushed behind our back: find the elements by
             // their comment.
@@ -1148,7 +1141,7 @@ fn parse(rule: &RuleMessage) -> Parsed {
     let mut p = Parsed::default();
     let mut loaded = None;
     let mut regs: Vec<(u32, &[u8])> = Vec::new();
-    for e in nft::exprs(rule) {
+    for e in owner_chain::exprs(rule) {
         match e {
             Expr::Meta { key } => {
                 loaded = Some(Load::Meta(key));
@@ -1224,7 +1217,7 @@ fn mapping_of(rule: &RuleMessage) -> Option<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::test_util::{cmp, expr, meta, payload, rule_attrs, rules};
+    use cni_kernel::owner_chain::test_util::{cmp, expr, meta, payload, rule_attrs, rules};
 
     const CHAIN: &str = "pm/n/c/eth0";
     const NFT_META_NFPROTO: u32 = 15;
@@ -1233,7 +1226,7 @@ mod tests {
     /// family from the addresses, but kept for tests of the rules' shape.
     fn nfproto_of(rule: &RuleMessage) -> Option<u8> {
         let mut loaded = None;
-        for e in nft::exprs(rule) {
+        for e in owner_chain::exprs(rule) {
             match e {
                 Expr::Meta { key } => loaded = Some(key),
                 Expr::Cmp { value: [n], .. } if loaded == Some(NFT_META_NFPROTO) => {
@@ -1318,7 +1311,7 @@ mod tests {
         let (spec, _, _) = data_element(&tcp(80, Some("0.0.0.0"), "10.66.0.2", 80));
         assert_eq!(spec.name, "pm4-any");
         assert_eq!((V4.port_reg(), V6.port_reg()), (9, 12));
-        assert_eq!(nft_batch::comment_udata("ab"), [0, 3, b'a', b'b', 0]);
+        assert_eq!(nftables::comment_udata("ab"), [0, 3, b'a', b'b', 0]);
     }
 
     #[test]

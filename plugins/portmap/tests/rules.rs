@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use cni_kernel::portmap::{self, Cond, Mapping, NftOwner, Proto, Setup};
+use ::portmap::rules::{self as portmap, Cond, Mapping, NftOwner, Proto, Setup};
 use cni_kernel::{KernelError, sysctl};
 use cni_tests::nft::{self, nets, nft, objects, pairs, root_snapshot, within};
 use cni_tests::{Netns as TestNs, TempDir, cmd, wait_for};
@@ -941,61 +941,4 @@ fn a_port_taken_over_carries_traffic_to_the_new_owner() {
     assert_eq!(connect(x, &l81, "198.51.100.1:8080"), from("198.51.100.2"));
     del(h, &b);
     assert_eq!(connect(x, &l81, "198.51.100.1:8080"), Outcome::Refused);
-}
-
-/// A node upgraded from the layout where every mapping was a rule of its
-/// owner's chain reached through the verdict maps: DEL still removes the
-/// chain and its elements, and ADD replaces them with the data maps.
-#[test]
-fn owners_of_the_previous_layout_are_deleted_and_replaced() {
-    let ns = TestNs::new("pmk");
-    let dir = TempDir::new("pmold");
-    let file = dir.path().join("old.nft");
-    let comment = "comment \"cni-rs portmap: net1 ctr-1 eth0\"";
-    let old = |cid: &str| {
-        format!(
-            "add chain inet cni-rs pm/net1/{cid}/eth0\n\
-             add rule inet cni-rs pm/net1/{cid}/eth0 meta nfproto ipv4 tcp dport 8080 ip saddr 127.0.0.0/8 meta mark set meta mark | 0x2000 {comment}\n\
-             add rule inet cni-rs pm/net1/{cid}/eth0 meta nfproto ipv4 tcp dport 8080 dnat ip to 10.66.0.2:80 {comment}\n"
-        )
-    };
-    let script = format!(
-        "add table inet cni-rs\n\
-         add map inet cni-rs pm-tcp {{ type inet_service : verdict; }}\n\
-         add chain inet cni-rs portmap-pre {{ type nat hook prerouting priority -100; }}\n\
-         add rule inet cni-rs portmap-pre fib daddr type local tcp dport vmap @pm-tcp\n\
-         {}{}\
-         add element inet cni-rs pm-tcp {{ 8080 : jump pm/net1/ctr-1/eth0 }}\n",
-        old("ctr-1"),
-        old("ctr-2").replace("8080", "8081"),
-    );
-    let script =
-        format!("{script}add element inet cni-rs pm-tcp {{ 8081 : jump pm/net1/ctr-2/eth0 }}\n");
-    std::fs::write(&file, script).unwrap();
-    nft(&ns, &["-f", &file.display().to_string()]);
-    let (a, b) = (
-        owner("net1", "ctr-1", "eth0"),
-        owner("net1", "ctr-2", "eth0"),
-    );
-    assert_eq!(
-        elements(&ns, "pm-tcp"),
-        elems(&[(8080, "pm/net1/ctr-1/eth0"), (8081, "pm/net1/ctr-2/eth0")])
-    );
-
-    del(&ns, &a);
-    assert_eq!(chain_names(&ns), ["pm/net1/ctr-2/eth0"]);
-    assert_eq!(
-        elements(&ns, "pm-tcp"),
-        elems(&[(8081, "pm/net1/ctr-2/eth0")])
-    );
-
-    add(&ns, &b, &[tcp(8081, "10.66.0.3", 80)]);
-    assert!(elements(&ns, "pm-tcp").is_empty());
-    assert_eq!(
-        data_elements(&ns, "pm4-any"),
-        strs(&["tcp . 8081 : 10.66.0.3 . 80"])
-    );
-    assert_eq!(installed(&ns, &b), Some(vec![tcp(8081, "10.66.0.3", 80)]));
-    del(&ns, &b);
-    assert_only_the_setup(&ns);
 }

@@ -164,7 +164,7 @@ pub struct BatchMessage {
 /// A transaction: messages the kernel applies all together or not at all.
 #[derive(Default)]
 pub struct Batch {
-    pub(crate) messages: Vec<BatchMessage>,
+    messages: Vec<BatchMessage>,
 }
 
 impl Batch {
@@ -178,6 +178,11 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// The messages, in order.
+    pub fn messages(&self) -> &[BatchMessage] {
+        &self.messages
     }
 
     fn push(&mut self, family: Family, flags: u16, msg: NfTablesMessage, what: String) {
