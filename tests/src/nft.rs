@@ -105,6 +105,37 @@ pub fn jumps<K: Ord>(objs: &[Value], map: &str, key: impl Fn(&Value) -> K) -> Ve
     elems
 }
 
+/// The elements of a data map of owner tags (`masq4`, `masq6`) among `objs`
+/// as (key, owner's record chain), sorted: the owner read from the element's
+/// comment (`cni-rs <what>: <network> <container id> <ifname>`), the chain
+/// named `<prefix>/<network>/<container id>/<ifname>`, and the element's data
+/// checked to be that chain's tag.
+pub fn tagged(objs: &[Value], map: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = objs
+        .iter()
+        .filter(|o| o["map"]["name"] == map)
+        .flat_map(|o| o["map"]["elem"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let (key, data) = (&e[0]["elem"], &e[1]);
+            let comment = key["comment"].as_str().expect("an owner comment");
+            let (_, owner) = comment.split_once(": ").expect("cni-rs <what>: <owner>");
+            let chain = format!("{prefix}/{}", owner.replace(' ', "/"));
+            let tag = u32::from_ne_bytes(cni_kernel::owner_chain::owner_tag(&chain));
+            assert_eq!(data.as_u64(), Some(u64::from(tag)), "{e} is not {chain}'s");
+            (key["val"].as_str().unwrap().to_owned(), chain)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An element of a data map of owner tags, as nft writes it: `{ <key>
+/// comment "<comment>" : <tag of chain> }`.
+pub fn tagged_element(key: &str, comment: &str, chain: &str) -> String {
+    let tag = u32::from_ne_bytes(cni_kernel::owner_chain::owner_tag(chain));
+    format!("{{ {key} comment \"{comment}\" : {tag:#010x} }}")
+}
+
 /// How many elements map `map` among `objs` holds.
 pub fn map_len(objs: &[Value], map: &str) -> usize {
     objs.iter()

@@ -598,10 +598,11 @@ fn masquerade_rules_follow_the_container() {
         "{text}"
     );
     assert!(text.contains(&w.ip(2)), "{text}");
-    // Each address is dispatched to its owner's chain by the base chain.
+    // Each address is in the map with its owner's tag, and each owner has
+    // its record chain.
     let (chain_a, chain_b) = ("masq/brnet/ctr-a/eth0", "masq/brnet/ctr-b/eth0");
     assert_eq!(
-        map_elements(&w, "inet", "masq4"),
+        masq_elements(&w),
         [(w.ip(2), chain_a.to_owned()), (w.ip(3), chain_b.to_owned())]
     );
     assert_eq!(chain_rules(&w, "inet", "masquerading").len(), 2);
@@ -625,7 +626,7 @@ fn masquerade_rules_follow_the_container() {
         &["delete", "element", "inet", "cni-rs", "masq4", &element],
     );
     check(Some(101));
-    let element = format!("{{ {} : jump {chain_a} }}", w.ip(2));
+    let element = nft::tagged_element(&w.ip(2), "cni-rs masquerade: brnet ctr-a eth0", chain_a);
     host_nft(&w, &["add", "element", "inet", "cni-rs", "masq4", &element]);
     check(None);
     host_nft(&w, &["flush", "chain", "inet", "cni-rs", chain_a]);
@@ -637,10 +638,7 @@ fn masquerade_rules_follow_the_container() {
     w.call("GC", "", &gc).run().silent_success();
     let text = w.host.nft_table("inet", "cni-rs").unwrap().to_string();
     assert!(!text.contains("ctr-b"), "{text}");
-    assert_eq!(
-        map_elements(&w, "inet", "masq4"),
-        [(w.ip(2), chain_a.to_owned())]
-    );
+    assert_eq!(masq_elements(&w), [(w.ip(2), chain_a.to_owned())]);
     assert_eq!(w.reservations(), 1);
 }
 
@@ -679,8 +677,8 @@ fn twenty_concurrent_adds_on_a_new_bridge() {
     assert_eq!(w.links_of_type("bridge").len(), 1);
     assert_eq!(spoof_chain_names(&w).len(), 20);
     // Every one dispatched through the maps, set up once.
-    assert_eq!(map_elements(&w, "bridge", "spoof").len(), 20);
-    assert_eq!(map_elements(&w, "inet", "masq4").len(), 20);
+    assert_eq!(spoof_elements(&w).len(), 20);
+    assert_eq!(masq_elements(&w).len(), 20);
     assert_eq!(chain_rules(&w, "bridge", "spoofcheck").len(), 1);
     assert_eq!(chain_rules(&w, "inet", "masquerading").len(), 2);
 }
@@ -706,10 +704,16 @@ fn spoof_chain_names(w: &World) -> Vec<String> {
     names
 }
 
-/// The elements of a verdict map in the host namespace's `cni-rs` table of
-/// `family`, as (key, chain it jumps to), sorted.
-fn map_elements(w: &World, family: &str, map: &str) -> Vec<(String, String)> {
-    nft::jumps(&objects(&w.host, family), map, nft::str_key)
+/// The elements of the spoof check's `spoof` map in the host namespace, as
+/// (host interface, owner's record chain), sorted.
+fn spoof_elements(w: &World) -> Vec<(String, String)> {
+    nft::tagged(&objects(&w.host, "bridge"), "spoof", "spoof")
+}
+
+/// The elements of `masq4` in the host namespace, as (address, owner's
+/// record chain), sorted.
+fn masq_elements(w: &World) -> Vec<(String, String)> {
+    nft::tagged(&objects(&w.host, "inet"), "masq4", "masq")
 }
 
 /// `nft ARGS...` in the host namespace, behind the plugin's back.
@@ -733,9 +737,10 @@ fn spoof_check_drops_a_forged_source_mac() {
     let mac_a = ra["interfaces"][2]["mac"].as_str().unwrap().to_owned();
     assert_eq!(a.ip_json(&["link", "show", "eth0"])[0]["address"], mac_a);
 
-    // One base chain, hooked before the bridge decides anything, sends the
-    // frames of each host veth to its owner's chain, which drops those whose
-    // source is not the container's.
+    // One base chain, hooked before the bridge decides anything, drops the
+    // frames of each checked host veth whose source is not the container's:
+    // the veths are in the map `spoof`, the allowed pairs in `spoof-ok`.
+    // Each owner has its record chain.
     let t = w.host.nft_table("bridge", "cni-rs").unwrap();
     let base = t["nftables"]
         .as_array()
@@ -751,9 +756,17 @@ fn spoof_check_drops_a_forged_source_mac() {
     let dispatch = chain_rules(&w, "bridge", "spoofcheck");
     assert_eq!(dispatch.len(), 1, "{dispatch:?}");
     assert_eq!(
-        dispatch[0]["expr"][0]["vmap"],
-        json!({"key": {"meta": {"key": "iifname"}}, "data": "@spoof"})
+        dispatch[0]["expr"][0]["match"],
+        json!({"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@spoof"})
     );
+    assert_eq!(
+        dispatch[0]["expr"][1]["match"],
+        json!({"op": "!=", "left": {"concat": [
+            {"meta": {"key": "iifname"}},
+            {"payload": {"protocol": "ether", "field": "saddr"}}
+        ]}, "right": "@spoof-ok"})
+    );
+    assert!(dispatch[0]["expr"][3].get("drop").is_some(), "{dispatch:?}");
     assert_eq!(
         spoof_chain_names(&w),
         ["spoof/brnet/ctr-a/eth0", "spoof/brnet/ctr-b/eth0"]
@@ -763,13 +776,13 @@ fn spoof_check_drops_a_forged_source_mac() {
         .find(|c| c.0 == "spoof/brnet/ctr-a/eth0")
         .unwrap();
     assert!(chain.get("hook").is_none(), "{chain}");
-    assert!(
-        map_elements(&w, "bridge", "spoof")
-            .contains(&(veth_a.clone(), "spoof/brnet/ctr-a/eth0".to_owned()))
-    );
-    assert_eq!(map_elements(&w, "bridge", "spoof").len(), 2);
+    assert!(spoof_elements(&w).contains(&(veth_a.clone(), "spoof/brnet/ctr-a/eth0".to_owned())));
+    assert_eq!(spoof_elements(&w).len(), 2);
     assert_eq!(rules.len(), 1, "{rules:?}");
-    assert_eq!(rules[0]["comment"], "cni-rs macspoofchk: brnet ctr-a eth0");
+    assert_eq!(
+        rules[0]["comment"],
+        "cni-rs macspoofchk record: brnet ctr-a eth0"
+    );
     let expr = &rules[0]["expr"];
     assert_eq!(
         expr[0]["match"],
@@ -784,10 +797,8 @@ fn spoof_check_drops_a_forged_source_mac() {
     assert!(expr[2].get("counter").is_some(), "{expr}");
     assert!(expr[3].get("drop").is_some(), "{expr}");
     let dropped = |w: &World| {
-        spoof_chains(w)
-            .into_iter()
-            .find(|c| c.0 == "spoof/brnet/ctr-a/eth0")
-            .map(|c| c.2[0]["expr"][2]["counter"]["packets"].as_u64().unwrap())
+        chain_rules(w, "bridge", "spoofcheck")[0]["expr"][2]["counter"]["packets"]
+            .as_u64()
             .unwrap()
     };
 
@@ -839,7 +850,11 @@ fn spoof_check_drops_a_forged_source_mac() {
         .run()
         .error(101);
     assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
-    let element = format!("{{ \"{veth_a}\" : jump spoof/brnet/ctr-a/eth0 }}");
+    let element = nft::tagged_element(
+        &format!("\"{veth_a}\""),
+        "cni-rs macspoofchk: brnet ctr-a eth0",
+        "spoof/brnet/ctr-a/eth0",
+    );
     host_nft(
         &w,
         &["add", "element", "bridge", "cni-rs", "spoof", &element],
@@ -864,12 +879,13 @@ fn spoof_check_drops_a_forged_source_mac() {
         .run()
         .error(101);
     assert!(e["msg"].as_str().unwrap().contains("spoof check"), "{e}");
-    // With the check gone, the forged MAC gets through: what CHECK is for.
+    // The record is only what CHECK and DEL read: the elements still drop
+    // a forged MAC.
     a.ip(&["link", "set", "eth0", "address", "0a:58:de:ad:be:ef"]);
-    assert!(
-        cni_tests::wait_for(|| a.ping(&w.ip(3))),
-        "a cannot reach b without a check"
-    );
+    assert!(cni_tests::wait_for(|| {
+        a.ip_json(&["link", "show", "eth0"])[0]["address"] == "0a:58:de:ad:be:ef"
+    }));
+    assert!(!a.ping(&w.ip(3)), "a reached b with a forged MAC");
     a.ip(&["link", "set", "eth0", "address", &mac_a]);
 
     // DEL with an empty CNI_NETNS removes the chain and its element, though
@@ -880,7 +896,7 @@ fn spoof_check_drops_a_forged_source_mac() {
             .run()
             .silent_success();
         assert_eq!(spoof_chain_names(&w), ["spoof/brnet/ctr-b/eth0"]);
-        let elems = map_elements(&w, "bridge", "spoof");
+        let elems = spoof_elements(&w);
         assert_eq!(elems.len(), 1, "{elems:?}");
         assert_eq!(elems[0].1, "spoof/brnet/ctr-b/eth0");
     }
@@ -901,18 +917,19 @@ fn spoof_check_drops_a_forged_source_mac() {
     // DEL with the namespace removes the interface and the chain.
     w.call("DEL", "ctr-c", &c).netns(&c3).run().silent_success();
     assert!(spoof_chain_names(&w).is_empty());
-    assert!(map_elements(&w, "bridge", "spoof").is_empty());
+    assert!(spoof_elements(&w).is_empty());
     assert!(!c3.link_names().contains(&"eth0".to_string()));
 
-    // An ADD failing after the check was installed (a foreign gateway on the
-    // bridge) takes it away again.
+    // An ADD failing (a foreign gateway on the bridge) leaves nothing: the
+    // nftables rules are ADD's last step, one transaction, so here they
+    // were never written.
     let w = World::new();
     w.host.ip(&["link", "add", &w.bridge, "type", "bridge"]);
     w.host
         .ip(&["addr", "add", "192.168.77.1/24", "dev", &w.bridge]);
     let c = w.conf("1.1.0", json!({"macspoofchk": true}));
     w.call("ADD", "ctr-a", &c).netns(&a).run().error(7);
-    assert!(w.host.nft_table("bridge", "cni-rs").is_some());
+    assert!(w.host.nft_table("bridge", "cni-rs").is_none());
     assert!(spoof_chain_names(&w).is_empty());
     assert!(w.links_of_type("veth").is_empty());
 }

@@ -41,17 +41,48 @@ fn chain(ns: &TestNs, name: &str) -> Option<Value> {
     nft::chain(nft::table(ns)?, name)
 }
 
-/// The base chain every owner's chain is dispatched from.
+/// The base chain that masquerades through the maps.
 const BASE: &str = "masquerading";
+
+/// Its two rules, as nft shows them.
+const DISPATCH: [&str; 2] = [
+    "ip saddr == @masq4 ip saddr . ip daddr != @masq4-local ip daddr != 224.0.0.0/4 masquerade",
+    "ip6 saddr == @masq6 ip6 saddr . ip6 daddr != @masq6-local ip6 daddr != ff00::/8 masquerade",
+];
 
 /// The owners' chains (`masq/...`), sorted.
 fn chain_names(ns: &TestNs) -> Vec<String> {
     nft::chain_names(&nft::table(ns).unwrap_or_default(), "masq/")
 }
 
-/// The elements of map `masq4` or `masq6` as (key, chain it jumps to), sorted.
+/// The elements of map `masq4` or `masq6` as (key, owner's record chain),
+/// sorted, each checked to carry that owner's tag.
 fn elements(ns: &TestNs, map: &str) -> Vec<(String, String)> {
-    nft::jumps(&nft::table(ns).unwrap_or_default(), map, nft::str_key)
+    nft::tagged(&nft::table(ns).unwrap_or_default(), map, "masq")
+}
+
+/// The ranges of set `masq4-local` or `masq6-local`, as `addr . net/len`,
+/// sorted.
+fn locals(ns: &TestNs, set: &str) -> Vec<String> {
+    let objs = nft::table(ns).unwrap_or_default();
+    let mut out: Vec<String> = objs
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .filter(|s| s["name"] == set)
+        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let c = &e["concat"];
+            let net = &c[1]["prefix"];
+            let net = if net.is_null() {
+                c[1].as_str().unwrap().to_owned()
+            } else {
+                format!("{}/{}", net["addr"].as_str().unwrap(), net["len"])
+            };
+            format!("{} . {net}", c[0].as_str().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn elems(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -63,18 +94,17 @@ fn elems(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
-/// What stays once every owner is gone: the table, the empty maps and the
-/// base chain with its two lookups.
+/// What stays once every owner is gone: the table, the empty maps and sets
+/// and the base chain with its two rules.
 fn assert_only_the_setup(ns: &TestNs) {
     assert!(chain_names(ns).is_empty(), "{:?}", chain_names(ns));
     assert!(elements(ns, "masq4").is_empty());
     assert!(elements(ns, "masq6").is_empty());
+    assert!(locals(ns, "masq4-local").is_empty());
+    assert!(locals(ns, "masq6-local").is_empty());
     let base = chain(ns, BASE).expect("base chain");
     assert_eq!(base["hook"], "postrouting");
-    assert_eq!(
-        rendered(ns, BASE),
-        ["ip saddr vmap @masq4", "ip6 saddr vmap @masq6"]
-    );
+    assert_eq!(rendered(ns, BASE), DISPATCH);
 }
 
 /// One rule's expressions the way nft writes them, e.g.
@@ -96,7 +126,18 @@ fn render(rule: &Value) -> String {
         }
         let m = &e["match"];
         let left = &m["left"];
-        let left = if let Some(p) = left.get("payload") {
+        let field = |p: &Value| -> Option<String> {
+            let p = &p["payload"];
+            Some(format!(
+                "{} {}",
+                p["protocol"].as_str()?,
+                p["field"].as_str()?
+            ))
+        };
+        let left = if let Some(parts) = left.get("concat") {
+            let parts: Option<Vec<String>> = parts.as_array()?.iter().map(field).collect();
+            parts?.join(" . ")
+        } else if let Some(p) = left.get("payload") {
             format!("{} {}", p["protocol"].as_str()?, p["field"].as_str()?)
         } else if let Some(meta) = left.get("meta") {
             if meta["key"] == "nfproto" {
@@ -143,7 +184,7 @@ fn rendered(ns: &TestNs, chain: &str) -> Vec<String> {
 }
 
 #[test]
-fn add_installs_an_owner_chain_dispatched_through_the_maps() {
+fn add_installs_elements_and_a_record() {
     let root = root_snapshot();
     let ns = TestNs::new("msq");
     assert!(nft::table(&ns).is_none());
@@ -151,7 +192,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     let name = "masq/net1/ctr-1/eth0";
     add(&ns, &o, &["10.1.0.5/16", "fd00:1::5/64", "10.2.0.9/32"]);
 
-    // One nat base chain for everyone, looking the source up in the maps.
+    // One nat base chain for everyone, looking the packet up in the maps.
     let base = chain(&ns, BASE).expect("base chain created");
     assert_eq!(base["family"], "inet");
     assert_eq!(base["table"], "cni-rs");
@@ -159,10 +200,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     assert_eq!(base["hook"], "postrouting");
     assert_eq!(base["prio"], 100);
     assert_eq!(base["policy"], "accept");
-    assert_eq!(
-        rendered(&ns, BASE),
-        ["ip saddr vmap @masq4", "ip6 saddr vmap @masq6"]
-    );
+    assert_eq!(rendered(&ns, BASE), DISPATCH);
     let maps: Vec<Value> = nft::table(&ns)
         .unwrap()
         .into_iter()
@@ -171,10 +209,11 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     assert_eq!(maps.len(), 2, "{maps:?}");
     for (m, ty) in maps.iter().zip(["ipv4_addr", "ipv6_addr"]) {
         assert_eq!(m["type"], ty, "{m}");
-        assert_eq!(m["map"], "verdict", "{m}");
+        assert_eq!(m["map"], "mark", "{m}");
     }
 
-    // The owner's chain is a regular chain, reached through its elements.
+    // The owner's record is a regular chain nothing jumps to; its elements
+    // carry its tag and comment, and each address its own network's range.
     let c = chain(&ns, name).expect("owner chain created");
     assert!(c.get("hook").is_none() && c.get("type").is_none(), "{c}");
     assert_eq!(
@@ -182,6 +221,11 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         elems(&[("10.1.0.5", name), ("10.2.0.9", name)])
     );
     assert_eq!(elements(&ns, "masq6"), elems(&[("fd00:1::5", name)]));
+    assert_eq!(
+        locals(&ns, "masq4-local"),
+        ["10.1.0.5 . 10.1.0.0/16", "10.2.0.9 . 10.2.0.9"]
+    );
+    assert_eq!(locals(&ns, "masq6-local"), ["fd00:1::5 . fd00:1::/64"]);
 
     let rules = rules(&ns, name);
     let exprs: Vec<&str> = rules.iter().map(|(_, r, _)| r.as_str()).collect();
@@ -194,7 +238,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         ]
     );
     for (_, _, comment) in &rules {
-        assert_eq!(comment, "cni-rs masquerade: net1 ctr-1 eth0");
+        assert_eq!(comment, "cni-rs masquerade record: net1 ctr-1 eth0");
     }
     // nft itself reads the rules back as the design writes them, and its
     // listing loads back (no chain is named after an nft keyword).
@@ -211,7 +255,7 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
         "{text}"
     );
     assert!(
-        text.contains("10.1.0.5 : jump masq/net1/ctr-1/eth0"),
+        text.contains("10.1.0.5 comment \"cni-rs masquerade: net1 ctr-1 eth0\" : 0x"),
         "{text}"
     );
     let dir = TempDir::new("msqlist");
@@ -219,6 +263,9 @@ fn add_installs_an_owner_chain_dispatched_through_the_maps() {
     std::fs::write(&file, &text).unwrap();
     let file = file.display().to_string();
     must("ip", &["netns", "exec", &ns.name, "nft", "-c", "-f", &file]);
+    // It loads into an empty namespace, too.
+    let other = TestNs::new("msq");
+    must("ip", &["netns", "exec", &other.name, "nft", "-f", &file]);
 
     assert_eq!(
         installed(&ns, &o),
@@ -599,9 +646,17 @@ fn a_refused_batch_changes_nothing() {
     );
     assert_eq!(rules(&ns, name), before);
     assert!(elements(&ns, "masq4").is_empty());
+    // The setup was part of the refused transaction: not made either.
+    assert!(chain(&ns, BASE).is_none());
     // del takes it away all the same, once nothing else jumps to it.
     nft(&ns, &["flush", "chain", "inet", "cni-rs", "filter"]);
     nft(&ns, &["delete", "chain", "inet", "cni-rs", "filter"]);
+    del(&ns, &o);
+    assert!(chain_names(&ns).is_empty());
+    assert!(elements(&ns, "masq4").is_empty());
+    // And the next ADD works.
+    add(&ns, &o, &["10.1.0.5/16"]);
+    assert_eq!(installed(&ns, &o), Some(ips(&["10.1.0.5"])));
     del(&ns, &o);
     assert_only_the_setup(&ns);
 }

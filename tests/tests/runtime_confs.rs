@@ -361,7 +361,7 @@ fn check_kernel(w: &World, c: &Container) {
     }
 }
 
-/// ipMasq: each container's chain, and its addresses in the dispatch maps.
+/// ipMasq: each container's record chain, and its addresses in the maps.
 fn check_masquerade(w: &World, cs: &[&Container]) {
     let chain = |c: &Container| format!("masq/{}/{}/eth0", w.rt.network, c.id);
     let mut want: Vec<String> = cs.iter().map(|c| chain(c)).collect();
@@ -379,7 +379,7 @@ fn check_masquerade(w: &World, cs: &[&Container]) {
             })
             .collect();
         want.sort();
-        assert_eq!(nft::jumps(&objs, map, nft::str_key), want, "{map}");
+        assert_eq!(nft::tagged(&objs, map, "masq"), want, "{map}");
     }
 }
 

@@ -1,7 +1,9 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade};
+use cni_kernel::nfnetlink::NfSocket;
+use cni_kernel::nftables::Batch;
+use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain};
 use cni_types::invoke::delegate;
 use cni_types::{
     Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
@@ -65,8 +67,7 @@ fn ipam(conf: &BridgeConf, req: &Request, command: Command) -> Result<Option<Cni
 struct Done {
     host_veth: Option<u32>,
     ipam: bool,
-    masquerade: bool,
-    spoofcheck: bool,
+    rules: bool,
 }
 
 fn add(req: &Request) -> Result<CniResult> {
@@ -77,11 +78,8 @@ fn add(req: &Request) -> Result<CniResult> {
     let outcome = add_steps(req, &conf, &netns, &mut host_nl, &mut done);
     if outcome.is_err() {
         // Undo in reverse. Deleting the host end deletes the container end.
-        if done.spoofcheck {
-            let _ = spoofcheck::del(&owner(&conf, req));
-        }
-        if done.masquerade {
-            let _ = masquerade::del(&owner(&conf, req));
+        if done.rules {
+            let _ = del_rules(&conf, &owner(&conf, req));
         }
         if done.ipam {
             let _ = ipam(&conf, req, Command::Del);
@@ -146,19 +144,22 @@ fn add_steps(
             up: !conf.disable_container_interface,
         },
     )?;
-    if conf.macspoofchk {
-        let mac = mac_of(&cont).ok_or_else(|| BridgeError::NoMac(cont.name.clone()))?;
-        done.spoofcheck = true;
-        spoofcheck::add(&owner(conf, req), &veth.name, mac)?;
-    }
+    let spoof = match conf.macspoofchk {
+        true => Some(mac_of(&cont).ok_or_else(|| BridgeError::NoMac(cont.name.clone()))?),
+        false => None,
+    };
     if conf.is_gateway {
         host::ensure_gateways(nl, conf, &br, &result.ips)?;
         host::enable_forwarding(&result.ips)?;
     }
-    if conf.ip_masq && !result.ips.is_empty() {
-        let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-        done.masquerade = true;
-        masquerade::add(&owner(conf, req), &addrs)?;
+    let masq: Vec<IpNetwork> = match conf.ip_masq {
+        true => result.ips.iter().map(|i| i.address).collect(),
+        false => Vec::new(),
+    };
+    if !masq.is_empty() || spoof.is_some() {
+        done.rules = true;
+        let spoof = spoof.map(|mac| (veth.name.as_str(), mac));
+        add_rules(&owner(conf, req), &masq, spoof)?;
     }
 
     // The bridge's MTU follows its smallest port: read it back. The veth's
@@ -209,6 +210,43 @@ fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
     Ok(())
 }
 
+/// The attachment's masquerade (for `masq`, if any) and spoof check (for the
+/// host veth and the container's MAC, if any) in one nftables transaction.
+fn add_rules(owner: &NftOwner, masq: &[IpNetwork], spoof: Option<(&str, [u8; 6])>) -> Result<()> {
+    let op = "add masquerade and macspoofchk";
+    let mut socket = NfSocket::open(op)?;
+    Ok(owner_chain::transact(&mut socket, |s| {
+        let mut batch = Batch::new();
+        if !masq.is_empty() {
+            masquerade::stage_add(s, &mut batch, owner, masq, op)?;
+        }
+        if let Some((veth, mac)) = spoof {
+            spoofcheck::stage_add(s, &mut batch, owner, veth, mac, op)?;
+        }
+        Ok(batch)
+    })?)
+}
+
+/// Remove the attachment's masquerade and spoof check (those the config
+/// asks for) in one nftables transaction.
+fn del_rules(conf: &BridgeConf, owner: &NftOwner) -> Result<()> {
+    if !conf.ip_masq && !conf.macspoofchk {
+        return Ok(());
+    }
+    let op = "delete masquerade and macspoofchk";
+    let mut socket = NfSocket::open(op)?;
+    Ok(owner_chain::transact(&mut socket, |s| {
+        let mut batch = Batch::new();
+        if conf.ip_masq {
+            masquerade::stage_del(s, &mut batch, owner, op)?;
+        }
+        if conf.macspoofchk {
+            spoofcheck::stage_del(s, &mut batch, owner, op)?;
+        }
+        Ok(batch)
+    })?)
+}
+
 /// DEL goes on past failures (release IPAM, remove masquerade and spoof
 /// check, remove the interface) and reports the first. It needs neither the
 /// namespace nor the container's addresses to remove the nftables rules.
@@ -220,20 +258,7 @@ fn del(req: &Request) -> Result<()> {
     // RTM_DELLINK), and side by side those waits overlap instead of adding
     // up. The thread stays in this (the host's) network namespace.
     let (rules, rest) = std::thread::scope(|s| {
-        let rules = s.spawn(|| {
-            let owner = owner(&conf, req);
-            let masq = if conf.ip_masq {
-                masquerade::del(&owner)
-            } else {
-                Ok(())
-            };
-            let spoof = if conf.macspoofchk {
-                spoofcheck::del(&owner)
-            } else {
-                Ok(())
-            };
-            (masq, spoof)
-        });
+        let rules = s.spawn(|| del_rules(&conf, &owner(&conf, req)));
         let ipam = if conf.is_layer3() {
             ipam(&conf, req, Command::Del).map(|_| ())
         } else {
@@ -251,23 +276,10 @@ fn del(req: &Request) -> Result<()> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (rules, (ipam, link))
     });
-    // Every step was tried; the first failure, in the order ipam,
-    // masquerade, spoof check, link, is the answer.
-    let (masq, spoof) = rules;
+    // Every step was tried; the first failure, in the order ipam, rules,
+    // link, is the answer.
     let (ipam, link) = rest;
-    let mut first: Option<BridgeError> = None;
-    for e in [
-        ipam.err(),
-        masq.err().map(Into::into),
-        spoof.err().map(Into::into),
-        link.err(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        first.get_or_insert(e);
-    }
-    first.map_or(Ok(()), Err)
+    ipam.and(rules).and(link)
 }
 
 /// Without a namespace to look in, the previous result still names the host

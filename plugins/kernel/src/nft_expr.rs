@@ -38,6 +38,8 @@ pub const NFT_META_L4PROTO: u32 = 16;
 pub const NFT_NAT_DNAT: u32 = 1;
 /// NFT_JUMP: a verdict that continues in the named chain and comes back.
 pub const NFT_JUMP: i32 = -3;
+/// NFT_LOOKUP_F_INV: a lookup that matches when the key is missing.
+const NFT_LOOKUP_F_INV: u32 = 1;
 // enum nft_fib_attributes, nft_fib_result, nft_fib_flags
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
@@ -155,6 +157,17 @@ pub fn lookup(set: &str, set_id: u32, sreg: u32, dreg: Option<u32>) -> NftExpr {
         attrs.push(Lookup::DestinationRegister(reg(dreg)));
     }
     Expressions::Lookup(attrs).into()
+}
+
+/// Go on only when register `sreg` on is *not* in set `set` (`!= @set`).
+pub fn lookup_not(set: &str, set_id: u32, sreg: u32) -> NftExpr {
+    Expressions::Lookup(vec![
+        Lookup::Set(set.to_owned()),
+        Lookup::SourceRegister(reg(sreg)),
+        Lookup::SetId(set_id),
+        Lookup::Flags(NFT_LOOKUP_F_INV),
+    ])
+    .into()
 }
 
 /// `fib daddr type` into register 1.

@@ -5,11 +5,11 @@
 //! readers send, and accessors for the replies. Every object lives in our
 //! table `cni-rs` of the family given; nothing else is ever touched.
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, Nla};
 use netlink_packet_netfilter::nftables::Verdict as VerdictCode;
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, Hook, HookNumber, InetHookNumber, ListAttribute,
-    NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute,
+    NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute, SetDescription, SetElementAttribute,
     SetElementFlags, SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute,
     TableMessage, VerdictAttribute,
 };
@@ -23,10 +23,14 @@ pub const TABLE: &str = "cni-rs";
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// NF_ACCEPT, a base chain's policy.
 const NF_ACCEPT: u32 = 1;
+/// NFTA_LIST_ELEM, NFTA_DATA_VALUE (include/uapi/linux/netfilter/nf_tables.h).
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
 /// NFTNL_UDATA_SET_KEYBYTEORDER / NFTNL_UDATA_RULE_COMMENT /
 /// NFTNL_UDATA_SET_ELEM_COMMENT: the first TLV type of each userdata nft
 /// writes (libnftnl's udata TLVs: type, length, value).
 const UDATA_FIRST: u8 = 0;
+const UDATA_SET_DATABYTEORDER: u8 = 1;
 /// A rule comment is a udata TLV in a 128-byte buffer
 /// (NFTNL_UDATA_COMMENT_MAXLEN): 2 bytes of header and the NUL leave 125.
 pub const COMMENT_MAX: usize = 125;
@@ -100,7 +104,10 @@ pub enum SetData {
 
 /// A named set of our table: its name, the id rules of the same batch
 /// refer to it by, its key, what it maps to, and whether its keys are
-/// intervals.
+/// intervals. An interval set whose key is a concatenation names the
+/// length of each part in `fields` (the kernel then keeps it in a set
+/// type made for ranges of concatenations, Linux 5.6 or later); any other
+/// set leaves it empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetSpec {
     pub name: &'static str,
@@ -108,6 +115,7 @@ pub struct SetSpec {
     pub key: KeyType,
     pub data: SetData,
     pub interval: bool,
+    pub fields: &'static [u32],
 }
 
 /// How a base chain hooks in: its type (`filter`, `nat`), hook number
@@ -127,6 +135,8 @@ pub const NF_INET_POST_ROUTING: u32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elem<'a> {
     pub key: &'a [u8],
+    /// In a set of concatenated ranges, the last key of the range.
+    pub key_end: Option<&'a [u8]>,
     pub data: ElemData<'a>,
     /// The end of an interval (its first address past the range).
     pub interval_end: bool,
@@ -147,6 +157,7 @@ impl<'a> Elem<'a> {
     pub fn key(key: &'a [u8]) -> Self {
         Elem {
             key,
+            key_end: None,
             data: ElemData::None,
             interval_end: false,
             udata: None,
@@ -272,8 +283,18 @@ impl Batch {
         if spec.interval {
             flags |= SetFlags::Interval;
         }
+        if !spec.fields.is_empty() {
+            flags |= SetFlags::Concat;
+        }
+        // NFTNL_UDATA_SET_KEYBYTEORDER, and for a data map
+        // NFTNL_UDATA_SET_DATABYTEORDER: without them nft shows (and reads
+        // back) keys and data in the wrong byte order.
         let mut udata = vec![UDATA_FIRST, 4];
         udata.extend_from_slice(&spec.key.byteorder.to_ne_bytes());
+        if let SetData::Data(d) = spec.data {
+            udata.extend_from_slice(&[UDATA_SET_DATABYTEORDER, 4]);
+            udata.extend_from_slice(&d.byteorder.to_ne_bytes());
+        }
         let mut attributes = vec![
             SetAttribute::Table(TABLE.to_owned()),
             SetAttribute::Name(spec.name.to_owned()),
@@ -288,6 +309,22 @@ impl Batch {
                 attributes.push(SetAttribute::DataType(d.datatype));
                 attributes.push(SetAttribute::DataLen(d.len));
             }
+        }
+        if !spec.fields.is_empty() {
+            // NFTA_SET_DESC_CONCAT: one NFTA_LIST_ELEM per part, each holding
+            // NFTA_SET_FIELD_LEN.
+            let fields = spec
+                .fields
+                .iter()
+                .map(|len| {
+                    let mut field = vec![8, 0, 1, 0]; // NFTA_SET_FIELD_LEN, 4 bytes
+                    field.extend_from_slice(&len.to_be_bytes());
+                    DefaultNla::new(NFTA_LIST_ELEM | NLA_F_NESTED, field)
+                })
+                .collect();
+            attributes.push(SetAttribute::Description(vec![SetDescription::Concat(
+                fields,
+            )]));
         }
         attributes.push(SetAttribute::Id(spec.id));
         attributes.push(SetAttribute::UserData(udata));
@@ -333,6 +370,12 @@ fn elements_msg(set: &str, elem: &Elem) -> SetElementMessage {
     let mut e = vec![SetElementAttribute::Key(DataAttribute::Value(
         elem.key.to_vec(),
     ))];
+    if let Some(end) = elem.key_end {
+        e.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
+            NFTA_DATA_VALUE,
+            end.to_vec(),
+        )]));
+    }
     match elem.data {
         ElemData::None => {}
         ElemData::Jump(chain) => e.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
@@ -460,6 +503,8 @@ pub fn rule_udata(rule: &RuleMessage) -> Option<&[u8]> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetElem<'a> {
     pub key: &'a [u8],
+    /// In a set of concatenated ranges, the last key of the range.
+    pub key_end: Option<Vec<u8>>,
     /// In a verdict map: the chain a `jump` verdict continues in, and
     /// whether the verdict is a jump.
     pub jump: Option<&'a str>,
@@ -494,6 +539,7 @@ pub fn elements_of(msg: &NfTablesMessage) -> Option<(&str, &str, Vec<SetElem<'_>
 fn read_elem(attrs: &[SetElementAttribute]) -> Option<SetElem<'_>> {
     let mut e = SetElem {
         key: &[],
+        key_end: None,
         jump: None,
         verdict: None,
         data: None,
@@ -507,6 +553,16 @@ fn read_elem(attrs: &[SetElementAttribute]) -> Option<SetElem<'_>> {
                 has_key = true;
             }
             SetElementAttribute::Data(DataAttribute::Value(d)) => e.data = Some(d),
+            SetElementAttribute::KeyEnd(end) => {
+                e.key_end = end
+                    .iter()
+                    .find(|n| n.kind() & 0x3fff == NFTA_DATA_VALUE)
+                    .map(|n| {
+                        let mut v = vec![0u8; n.value_len()];
+                        n.emit_value(&mut v);
+                        v
+                    })
+            }
             SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
                 for va in v {
                     match va {

@@ -131,59 +131,19 @@ struct OwnerChain {
 }
 
 impl ChainKind {
-    /// The owner's chain name, or why it cannot have one. Writing refuses
-    /// such an owner, so deleting and reading know there is nothing of it.
+    /// The owner's chain name, or why it cannot have one.
     pub fn chain_name(&self, owner: &NftOwner) -> Result<String> {
-        let parts = [owner.network, owner.container_id, owner.ifname];
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || p.contains(SEP) || p.contains('\0'))
-        {
-            return Err(KernelError::NftOwner {
-                what: self.what,
-                owner: format!("{} {} {}", owner.network, owner.container_id, owner.ifname),
-            });
-        }
-        let name = format!(
-            "{}{SEP}{}{SEP}{}{SEP}{}",
-            self.prefix, owner.network, owner.container_id, owner.ifname
-        );
-        if name.len() > CHAIN_NAME_MAX {
-            return Err(KernelError::NftNameTooLong {
-                what: self.what,
-                network: owner.network.to_owned(),
-                len: name.len(),
-            });
-        }
-        Ok(name)
+        chain_name(self.prefix, self.what, owner)
     }
 
     /// The comment on each rule, cut to what a rule comment can hold.
     pub fn comment(&self, owner: &NftOwner) -> String {
-        let mut c = format!(
-            "cni-rs {}: {} {} {}",
-            self.what, owner.network, owner.container_id, owner.ifname
-        );
-        if c.len() > COMMENT_MAX {
-            let mut end = COMMENT_MAX;
-            while !c.is_char_boundary(end) {
-                end -= 1;
-            }
-            c.truncate(end);
-        }
-        c
+        comment(self.what, owner)
     }
 
     /// The `(container id, ifname)` a chain name of `network` belongs to.
     pub fn parse_chain_name(&self, name: &str, network: &str) -> Option<(String, String)> {
-        let rest = name
-            .strip_prefix(self.prefix)?
-            .strip_prefix(SEP)?
-            .strip_prefix(network)?
-            .strip_prefix(SEP)?;
-        let (cid, ifname) = rest.split_once(SEP)?;
-        (!cid.is_empty() && !ifname.is_empty() && !ifname.contains(SEP))
-            .then(|| (cid.to_owned(), ifname.to_owned()))
+        parse_chain_name(self.prefix, name, network)
     }
 
     /// Create the table, the maps and the base chains with their rules,
@@ -238,19 +198,8 @@ impl ChainKind {
         Ok(true)
     }
 
-    /// Whether chain `name` of our table exists: `Some(true)` for a base
-    /// chain, `Some(false)` for a regular one.
     fn chain(&self, socket: &mut NfSocket, name: &str, op: &'static str) -> Result<Option<bool>> {
-        match socket.get(self.family, nftables::get_chain(Some(name)))? {
-            Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(nft_error(op, name, e)),
-            Ok(reply) => Ok(Some(
-                reply
-                    .as_ref()
-                    .and_then(chain_of)
-                    .is_some_and(|(_, _, base)| base),
-            )),
-        }
+        chain(socket, self.family, name, op)
     }
 
     /// The owner's chain `name` and its rules, or `None` when it does not
@@ -261,21 +210,7 @@ impl ChainKind {
         name: &str,
         op: &'static str,
     ) -> Result<Option<OwnerChain>> {
-        if self.chain(socket, name, op)?.is_none() {
-            return Ok(None);
-        }
-        let rules = match socket.dump(self.family, nftables::get_rules(name))? {
-            Err(e) if is_enoent(&e) => return Ok(None),
-            Err(e) => return Err(nft_error(op, name, e)),
-            Ok(rules) => rules,
-        };
-        let rules = rules
-            .iter()
-            .filter_map(rule_of)
-            .filter(|(table, chain, _)| *table == TABLE && *chain == name)
-            .map(|(_, _, rule)| rule.clone())
-            .collect();
-        Ok(Some(OwnerChain { rules }))
+        Ok(chain_rules(socket, self.family, name, op)?.map(|rules| OwnerChain { rules }))
     }
 
     /// The keys an owner chain's rules match, each once, in rule order.
@@ -571,31 +506,283 @@ impl ChainKind {
 
     /// Every `(container id, ifname)` with a chain of this kind for `network`.
     pub fn owners(&self, network: &str, op: &'static str) -> Result<Vec<(String, String)>> {
-        let mut socket = NfSocket::open(op)?;
-        let chains = match socket.dump(self.family, nftables::get_chain(None))? {
-            Err(e) if is_enoent(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(nft_error(op, TABLE, e)),
-            Ok(chains) => chains,
-        };
-        let mut owners: Vec<(String, String)> = chains
-            .iter()
-            .filter_map(chain_of)
-            .filter(|(table, _, _)| *table == TABLE)
-            .filter_map(|(_, name, _)| self.parse_chain_name(name, network))
-            .collect();
-        owners.sort();
-        owners.dedup();
-        Ok(owners)
+        owners(self.family, self.prefix, network, op)
     }
 
     /// Ok when nf_tables answers in this namespace (a table dump of this
     /// kind's family succeeds).
     pub fn available(&self, op: &'static str) -> Result<()> {
-        let mut socket = NfSocket::open(op)?;
-        socket
-            .dump(self.family, nftables::get_tables())?
-            .map(|_| ())
-            .map_err(|e| nft_error(op, self.what, e))
+        available(self.family, self.what, op)
+    }
+}
+
+/// The chain name of `owner` for rules of kind `prefix` (`what` names the
+/// kind in errors), or why it cannot have one: writing refuses such an
+/// owner, so deleting and reading know there is nothing of it.
+pub fn chain_name(prefix: &str, what: &'static str, owner: &NftOwner) -> Result<String> {
+    let parts = [owner.network, owner.container_id, owner.ifname];
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.contains(SEP) || p.contains('\0'))
+    {
+        return Err(KernelError::NftOwner {
+            what,
+            owner: format!("{} {} {}", owner.network, owner.container_id, owner.ifname),
+        });
+    }
+    let name = format!(
+        "{prefix}{SEP}{}{SEP}{}{SEP}{}",
+        owner.network, owner.container_id, owner.ifname
+    );
+    if name.len() > CHAIN_NAME_MAX {
+        return Err(KernelError::NftNameTooLong {
+            what,
+            network: owner.network.to_owned(),
+            len: name.len(),
+        });
+    }
+    Ok(name)
+}
+
+/// The comment naming `owner` on rules and elements of kind `what`, cut to
+/// what a comment can hold.
+pub fn comment(what: &str, owner: &NftOwner) -> String {
+    let c = format!(
+        "cni-rs {what}: {} {} {}",
+        owner.network, owner.container_id, owner.ifname
+    );
+    nftables::cut(&c, COMMENT_MAX).to_owned()
+}
+
+/// The `(container id, ifname)` a chain name of kind `prefix` and of
+/// `network` belongs to.
+pub fn parse_chain_name(prefix: &str, name: &str, network: &str) -> Option<(String, String)> {
+    let rest = name
+        .strip_prefix(prefix)?
+        .strip_prefix(SEP)?
+        .strip_prefix(network)?
+        .strip_prefix(SEP)?;
+    let (cid, ifname) = rest.split_once(SEP)?;
+    (!cid.is_empty() && !ifname.is_empty() && !ifname.contains(SEP))
+        .then(|| (cid.to_owned(), ifname.to_owned()))
+}
+
+/// An owner's tag: the data of its elements in a kind's data maps (32 bits
+/// of the SHA-256 of its chain name, a `mark` to nft).
+/// Adding an element with the same key and tag is a no-op for the kernel and
+/// with another tag is refused, so "add it with my tag, then delete it" in
+/// one batch deletes an element only while it is still the owner's.
+pub fn owner_tag(chain: &str) -> [u8; 4] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(chain.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).to_ne_bytes()
+}
+
+/// The nft datatype of an owner tag (`mark`: 32 bits in host byte order),
+/// for a data map's [`SetData::Data`].
+pub const OWNER_TAG: nftables::KeyType = nftables::KeyType {
+    datatype: 19,
+    len: 4,
+    byteorder: 1,
+};
+
+/// Whether chain `name` of our table of `family` exists: `Some(true)` for a
+/// base chain, `Some(false)` for a regular one.
+pub fn chain(
+    socket: &mut NfSocket,
+    family: Family,
+    name: &str,
+    op: &'static str,
+) -> Result<Option<bool>> {
+    match socket.get(family, nftables::get_chain(Some(name)))? {
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(nft_error(op, name, e)),
+        Ok(reply) => Ok(Some(
+            reply
+                .as_ref()
+                .and_then(chain_of)
+                .is_some_and(|(_, _, base)| base),
+        )),
+    }
+}
+
+/// The rules of chain `name` (as the kernel dumps them, in chain order), or
+/// `None` when it does not exist.
+pub fn chain_rules(
+    socket: &mut NfSocket,
+    family: Family,
+    name: &str,
+    op: &'static str,
+) -> Result<Option<Vec<RuleMessage>>> {
+    if chain(socket, family, name, op)?.is_none() {
+        return Ok(None);
+    }
+    let rules = match socket.dump(family, nftables::get_rules(name))? {
+        Err(e) if is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(nft_error(op, name, e)),
+        Ok(rules) => rules,
+    };
+    Ok(Some(
+        rules
+            .iter()
+            .filter_map(rule_of)
+            .filter(|(table, chain, _)| *table == TABLE && *chain == name)
+            .map(|(_, _, rule)| rule.clone())
+            .collect(),
+    ))
+}
+
+/// The element of `set` that holds `key` now (one GETSETELEM; in a set of
+/// ranges, the range containing it): its key, its range's last key and its
+/// data; `None` when there is none (or the set is missing).
+pub fn element(
+    socket: &mut NfSocket,
+    family: Family,
+    set: &str,
+    key: &[u8],
+    op: &'static str,
+) -> Result<Option<OwnedElem>> {
+    let reply = match socket.get(family, nftables::get_elements(set, Some(key)))? {
+        Err(e) if is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(nft_error(op, set, e)),
+        Ok(reply) => reply,
+    };
+    Ok(reply
+        .as_ref()
+        .and_then(elements_of)
+        .and_then(|(_, _, elems)| {
+            elems.into_iter().next().map(|e| OwnedElem {
+                key: e.key.to_vec(),
+                key_end: e.key_end,
+                data: e.data.unwrap_or_default().to_vec(),
+            })
+        }))
+}
+
+/// A set element read back: key, range end, data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedElem {
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+/// The data `key` maps to in data map `set` now (one GETSETELEM), or
+/// `None` when it is not there (or the map is missing). For a plain set, an
+/// element that is there has empty data.
+pub fn element_data(
+    socket: &mut NfSocket,
+    family: Family,
+    set: &str,
+    key: &[u8],
+    op: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    Ok(element(socket, family, set, key, op)?.map(|e| e.data))
+}
+
+/// The keys of every element of data map `set` whose data is `data` (a
+/// dump of the whole map).
+pub fn keys_with_data(
+    socket: &mut NfSocket,
+    family: Family,
+    set: &str,
+    data: &[u8],
+    op: &'static str,
+) -> Result<Vec<Vec<u8>>> {
+    keys_where(socket, family, set, op, |e| e.data == Some(data))
+}
+
+/// The keys of every element of `set` that start with `prefix` (a dump of
+/// the whole set).
+pub fn keys_with_prefix(
+    socket: &mut NfSocket,
+    family: Family,
+    set: &str,
+    prefix: &[u8],
+    op: &'static str,
+) -> Result<Vec<Vec<u8>>> {
+    keys_where(socket, family, set, op, |e| e.key.starts_with(prefix))
+}
+
+fn keys_where(
+    socket: &mut NfSocket,
+    family: Family,
+    set: &str,
+    op: &'static str,
+    keep: impl Fn(&nftables::SetElem) -> bool,
+) -> Result<Vec<Vec<u8>>> {
+    let replies = match socket.dump(family, nftables::get_elements(set, None))? {
+        Err(e) if is_enoent(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(nft_error(op, set, e)),
+        Ok(replies) => replies,
+    };
+    Ok(replies
+        .iter()
+        .filter_map(elements_of)
+        .filter(|(table, s, _)| (*table, *s) == (TABLE, set))
+        .flat_map(|(_, _, elems)| elems)
+        .filter(|e| keep(e))
+        .map(|e| e.key.to_vec())
+        .collect())
+}
+
+/// Every `(container id, ifname)` with a chain of kind `prefix` for
+/// `network` in our table of `family` (read from the chain names alone).
+pub fn owners(
+    family: Family,
+    prefix: &str,
+    network: &str,
+    op: &'static str,
+) -> Result<Vec<(String, String)>> {
+    let mut socket = NfSocket::open(op)?;
+    let chains = match socket.dump(family, nftables::get_chain(None))? {
+        Err(e) if is_enoent(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(nft_error(op, TABLE, e)),
+        Ok(chains) => chains,
+    };
+    let mut owners: Vec<(String, String)> = chains
+        .iter()
+        .filter_map(chain_of)
+        .filter(|(table, _, _)| *table == TABLE)
+        .filter_map(|(_, name, _)| parse_chain_name(prefix, name, network))
+        .collect();
+    owners.sort();
+    owners.dedup();
+    Ok(owners)
+}
+
+/// Ok when nf_tables answers for `family` in this namespace (a table dump
+/// succeeds).
+pub fn available(family: Family, what: &str, op: &'static str) -> Result<()> {
+    let mut socket = NfSocket::open(op)?;
+    socket
+        .dump(family, nftables::get_tables())?
+        .map(|_| ())
+        .map_err(|e| nft_error(op, what, e))
+}
+
+/// One transaction, built from what the kernel holds: `build` reads what it
+/// needs through the socket and returns the batch, which is committed. When
+/// the kernel refuses it because others changed the same objects meanwhile
+/// (EEXIST, ENOENT, EBUSY), it is built again from what is there then, a few
+/// times. An empty batch is nothing to do.
+pub fn transact(
+    socket: &mut NfSocket,
+    mut build: impl FnMut(&mut NfSocket) -> Result<Batch>,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let batch = build(socket)?;
+        match socket.commit(&batch) {
+            Err(e @ KernelError::Nftables { .. })
+                if attempt < ATTEMPTS
+                    && matches!(
+                        e.errno(),
+                        Some(Errno::EEXIST | Errno::ENOENT | Errno::EBUSY)
+                    ) => {}
+            other => return other,
+        }
     }
 }
 
@@ -632,6 +819,7 @@ pub const fn verdict_map(name: &'static str, key: nftables::KeyType, id: u32) ->
         key,
         data: SetData::Verdict,
         interval: false,
+        fields: &[],
     }
 }
 

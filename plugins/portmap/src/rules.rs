@@ -352,6 +352,7 @@ const V4: Family = Family {
         key: PROTO_PORT,
         data: SetData::Data(kt(concat(&[T_V4, T_SERVICE]), 8)),
         interval: false,
+        fields: &[],
     },
     addr: SetSpec {
         name: "pm4-addr",
@@ -359,6 +360,7 @@ const V4: Family = Family {
         key: kt(concat(&[T_V4, T_PROTO, T_SERVICE]), 12),
         data: SetData::Data(kt(concat(&[T_V4, T_SERVICE]), 8)),
         interval: false,
+        fields: &[],
     },
     src: SetSpec {
         name: "pm4-src",
@@ -366,6 +368,7 @@ const V4: Family = Family {
         key: kt(T_V4, 4),
         data: SetData::None,
         interval: true,
+        fields: &[],
     },
     snat: SetSpec {
         name: "pm4-snat",
@@ -373,6 +376,7 @@ const V4: Family = Family {
         key: PROTO_PORT,
         data: SetData::None,
         interval: false,
+        fields: &[],
     },
     masq_all: SetSpec {
         name: "pm4-masqall",
@@ -380,6 +384,7 @@ const V4: Family = Family {
         key: PROTO_PORT,
         data: SetData::None,
         interval: false,
+        fields: &[],
     },
 };
 
@@ -392,6 +397,7 @@ const V6: Family = Family {
         key: PROTO_PORT,
         data: SetData::Data(kt(concat(&[T_V6, T_SERVICE]), 20)),
         interval: false,
+        fields: &[],
     },
     addr: SetSpec {
         name: "pm6-addr",
@@ -399,6 +405,7 @@ const V6: Family = Family {
         key: kt(concat(&[T_V6, T_PROTO, T_SERVICE]), 24),
         data: SetData::Data(kt(concat(&[T_V6, T_SERVICE]), 20)),
         interval: false,
+        fields: &[],
     },
     src: SetSpec {
         name: "pm6-src",
@@ -406,6 +413,7 @@ const V6: Family = Family {
         key: kt(T_V6, 16),
         data: SetData::None,
         interval: true,
+        fields: &[],
     },
     snat: SetSpec {
         name: "pm6-snat",
@@ -413,6 +421,7 @@ const V6: Family = Family {
         key: PROTO_PORT,
         data: SetData::None,
         interval: false,
+        fields: &[],
     },
     masq_all: SetSpec {
         name: "pm6-masqall",
@@ -420,6 +429,7 @@ const V6: Family = Family {
         key: PROTO_PORT,
         data: SetData::None,
         interval: false,
+        fields: &[],
     },
 };
 
@@ -562,10 +572,9 @@ fn data_element(m: &Mapping) -> DataEntry {
 /// An element of a data map or set: its key, its data, its comment.
 fn elem<'a>(key: &'a [u8], data: Option<&'a [u8]>, udata: Option<&'a [u8]>) -> Elem<'a> {
     Elem {
-        key,
         data: data.map_or(ElemData::None, ElemData::Value),
-        interval_end: false,
         udata,
+        ..Elem::key(key)
     }
 }
 
