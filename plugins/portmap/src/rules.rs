@@ -9,7 +9,7 @@
 //! mapped (a verdict-map element or a reachable `dnat` rule in a regular
 //! chain made every commit re-validate the table, O(owners)).
 //!
-//! Once per namespace (one batch, like every kind in `cni_kernel::owner_chain`):
+//! Once per namespace (in the first ADD's transaction):
 //! - per family (`pm4-*` for IPv4, `pm6-*` for IPv6) two data maps,
 //!   `pm4-any` (`type inet_proto . inet_service : ipv4_addr .
 //!   inet_service`: protocol and host port to container address and port)
@@ -98,9 +98,9 @@ use cni_kernel::nft_expr::{
 };
 use cni_kernel::nftables::{
     self, BaseHook, Batch, Elem, ElemData, INET_SERVICE, KeyType, NF_INET_LOCAL_OUT,
-    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, elements_of,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, TABLE, elements_of,
 };
-use cni_kernel::owner_chain::{self, BaseChain, ChainKind, Expr, MapKey};
+use cni_kernel::owner_chain::{self, Expr, chain_rules, transact};
 
 /// All of portmap lives in `inet cni-rs`.
 const INET: nftables::Family = nftables::Family::Inet;
@@ -203,49 +203,75 @@ pub struct Setup<'a> {
     pub conditions_v6: &'a [Cond],
 }
 
-const PM_TCP: SetSpec = owner_chain::verdict_map("pm-tcp", INET_SERVICE, 1);
-const PM_UDP: SetSpec = owner_chain::verdict_map("pm-udp", INET_SERVICE, 2);
-const PM_SCTP: SetSpec = owner_chain::verdict_map("pm-sctp", INET_SERVICE, 3);
+const PM_TCP: SetSpec = verdict_map("pm-tcp", 1);
+const PM_UDP: SetSpec = verdict_map("pm-udp", 2);
+const PM_SCTP: SetSpec = verdict_map("pm-sctp", 3);
+
+const fn verdict_map(name: &'static str, id: u32) -> SetSpec {
+    SetSpec {
+        name,
+        id,
+        key: INET_SERVICE,
+        data: SetData::Verdict,
+        interval: false,
+        fields: &[],
+    }
+}
 
 /// dstnat and srcnat, as nft names the usual nat priorities.
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
 
+const PREFIX: &str = "pm";
+const WHAT: &str = "portmap";
+
+/// A base chain: its name, how it hooks in, and what puts its rules in a
+/// batch.
+struct BaseChain {
+    name: &'static str,
+    hook: BaseHook,
+    rules: fn(&mut Batch, &str),
+}
+
 /// The base chains `portmap-prerouting`, `portmap-output` and
-/// `portmap-masq` in
-/// `inet cni-rs`, dispatching to the regular chains
-/// `pm/<network>/<container id>/<ifname>`.
-const KIND: ChainKind = ChainKind {
-    family: INET,
-    prefix: "pm",
-    what: "portmap",
-    bases: &[
-        BaseChain {
-            name: "portmap-prerouting",
-            hook: nat_hook(NF_INET_PRE_ROUTING, DSTNAT),
-            rules: dispatch,
-        },
-        BaseChain {
-            name: "portmap-output",
-            hook: nat_hook(NF_INET_LOCAL_OUT, DSTNAT),
-            rules: dispatch,
-        },
-        BaseChain {
-            name: "portmap-masq",
-            hook: nat_hook(NF_INET_POST_ROUTING, SRCNAT),
-            rules: masquerade_marked,
-        },
-    ],
-    maps: &[PM_TCP, PM_UDP, PM_SCTP],
-    setup: data_sets,
-    rule_key: |rule| {
-        if is_record(rule) {
-            return None;
-        }
-        let p = parse(rule);
-        Some(key(p.proto?, p.port?))
+/// `portmap-masq` in `inet cni-rs`.
+const BASES: [BaseChain; 3] = [
+    BaseChain {
+        name: "portmap-prerouting",
+        hook: nat_hook(NF_INET_PRE_ROUTING, DSTNAT),
+        rules: dispatch,
     },
-};
+    BaseChain {
+        name: "portmap-output",
+        hook: nat_hook(NF_INET_LOCAL_OUT, DSTNAT),
+        rules: dispatch,
+    },
+    BaseChain {
+        name: "portmap-masq",
+        hook: nat_hook(NF_INET_POST_ROUTING, SRCNAT),
+        rules: masquerade_marked,
+    },
+];
+
+/// The verdict maps of the mappings with conditions, keyed by host port.
+const PORT_MAPS: [SetSpec; 3] = [PM_TCP, PM_UDP, PM_SCTP];
+
+/// A key in one of the verdict maps: (map, host port in network order).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MapKey {
+    map: &'static str,
+    key: Vec<u8>,
+}
+
+/// The verdict-map key a rule of an owner chain is reached by: none for a
+/// record.
+fn rule_key(rule: &RuleMessage) -> Option<MapKey> {
+    if is_record(rule) {
+        return None;
+    }
+    let p = parse(rule);
+    Some(key(p.proto?, p.port?))
+}
 
 const fn nat_hook(hook: u32, priority: i32) -> BaseHook {
     BaseHook {
@@ -609,20 +635,7 @@ fn current_data(
     key: &[u8],
     op: &'static str,
 ) -> Result<Option<Vec<u8>>> {
-    let reply = match socket.get(INET, nftables::get_elements(spec.name, Some(key)))? {
-        Err(e) if owner_chain::is_enoent(&e) => return Ok(None),
-        Err(e) => return Err(owner_chain::nft_error(op, spec.name, e)),
-        Ok(reply) => reply,
-    };
-    Ok(reply
-        .as_ref()
-        .and_then(elements_of)
-        .and_then(|(_, _, elems)| {
-            elems
-                .into_iter()
-                .find(|e| e.key == key)
-                .map(|e| e.data.unwrap_or_default().to_vec())
-        }))
+    owner_chain::element_data(socket, INET, spec.name, key, op)
 }
 
 /// Whether `net`'s network address is in the source set already.
@@ -632,12 +645,7 @@ fn src_covered(
     net: &IpNetwork,
     op: &'static str,
 ) -> Result<bool> {
-    let key = octets(net.network());
-    match socket.get(INET, nftables::get_elements(spec.name, Some(&key)))? {
-        Err(e) if owner_chain::is_enoent(&e) => Ok(false),
-        Err(e) => Err(owner_chain::nft_error(op, spec.name, e)),
-        Ok(reply) => Ok(reply.as_ref().and_then(elements_of).is_some()),
-    }
+    Ok(current_data(socket, spec, &octets(net.network()), op)?.is_some())
 }
 
 /// Add the interval of `net` to the source set: its first address, and
@@ -937,18 +945,39 @@ fn mapping_rules(s: &Setup, m: &Mapping) -> Vec<Vec<NftExpr>> {
     rules
 }
 
-/// Install or replace the owner's mappings in one transaction (after
-/// setting up the maps and base chains once per namespace): create the
-/// owner's chain if missing, flush it, add the rules of each mapping, map
-/// each (protocol, host port) to the chain (taking it over from another
-/// owner), and drop the owner's elements of ports it no longer maps. With
-/// no mapping left (none given, or none of a usable family) this is
-/// [`del`].
+/// Install or replace the owner's mappings in one transaction (with the
+/// setup, the first time in a namespace): its chain, flushed and refilled
+/// with the rules of each mapping (records, or, for mappings with
+/// conditions, rules reached through the verdict maps), the data-map
+/// elements of the recorded mappings, the verdict-map elements of the
+/// others (taken over from another owner), and the removal of what it no
+/// longer maps. With no mapping left (none given, or none of a usable
+/// family) this is [`del`].
 pub fn add(s: &Setup) -> Result<(), KernelError> {
     let mappings = plan(s)?;
     if mappings.is_empty() {
         return del(&s.owner).map(|_| ());
     }
+    let op = "add portmap";
+    let mut socket = NfSocket::open(op)?;
+    transact(&mut socket, |socket| {
+        let mut batch = Batch::new();
+        stage_add(socket, &mut batch, s, &mappings, op)?;
+        Ok(batch)
+    })
+}
+
+fn stage_add(
+    socket: &mut NfSocket,
+    batch: &mut Batch,
+    s: &Setup,
+    mappings: &[&Mapping],
+    op: &'static str,
+) -> Result<()> {
+    let chain = owner_chain::chain_name(PREFIX, WHAT, &s.owner)?;
+    let comment = owner_chain::comment(WHAT, &s.owner);
+    let record_comment = record_comment(&s.owner);
+    let udata = nftables::comment_udata(&comment);
     let conds = |m: &Mapping| {
         if m.container_ip.is_ipv4() {
             s.conditions_v4
@@ -961,143 +990,305 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
     // only its record and the data maps do the work.
     let (jumped, recorded): (Vec<&Mapping>, Vec<&Mapping>) =
         mappings.iter().partition(|m| !conds(m).is_empty());
-    let keys: Vec<MapKey> = jumped.iter().map(|m| key(m.proto, m.host_port)).collect();
-    let record_comment = record_comment(&s.owner);
-    let udata = nftables::comment_udata(&KIND.comment(&s.owner));
-    let op = "add portmap";
-    KIND.replace_with(
-        &s.owner,
-        op,
-        &keys,
-        |batch, chain, comment| {
-            for m in &mappings {
-                let c = if jumped.contains(m) {
-                    comment
-                } else {
-                    &record_comment
-                };
-                for rule in mapping_rules(s, m) {
-                    batch.add_rule(INET, chain, rule, Some(c));
+    let mut keys: Vec<MapKey> = Vec::new();
+    for m in &jumped {
+        let k = key(m.proto, m.host_port);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+
+    setup(socket, batch, op)?;
+    let now = chain_rules(socket, INET, &chain, op)?.unwrap_or_default();
+    batch.add_chain(INET, &chain, None, false);
+    batch.flush_chain(INET, &chain);
+    for m in mappings {
+        let c = if jumped.contains(m) {
+            &comment
+        } else {
+            &record_comment
+        };
+        for rule in mapping_rules(s, m) {
+            batch.add_rule(INET, &chain, rule, Some(c));
+        }
+    }
+
+    // The recorded mappings: elements of the data maps and sets.
+    let had = record_mappings(&now);
+    for old in &had {
+        if !recorded.contains(&old) {
+            remove_mapping(socket, batch, old, op)?;
+        }
+    }
+    for m in &recorded {
+        let (spec, key, data) = data_element(m);
+        match current_data(socket, spec, &key, op)? {
+            Some(d) if d == data => {}
+            Some(_) => batch.del_element(INET, spec.name, &Elem::key(&key)),
+            None => {}
+        }
+        batch.add_element(INET, spec.name, &elem(&key, Some(&data), Some(&udata)));
+        let fam = Family::of(m.container_ip);
+        let pp = proto_port(m.proto, m.host_port);
+        let (want, other) = if s.masq_all {
+            (&fam.masq_all, &fam.snat)
+        } else {
+            (&fam.snat, &fam.masq_all)
+        };
+        // Deleting what is not there frees an element (and costs the
+        // kernel an RCU grace period): only for a port recorded before.
+        let before = had.iter().any(|o| {
+            o.proto == m.proto && o.host_port == m.host_port && o.container_ip.is_ipv4() == fam.v4
+        });
+        if s.snat {
+            batch.add_element(INET, want.name, &Elem::key(&pp));
+        }
+        if before {
+            remove_own(batch, other, &pp, None);
+            if !s.snat {
+                remove_own(batch, want, &pp, None);
+            }
+        }
+        if s.snat && !s.masq_all {
+            let localhost = IpNetwork::new(Ipv4Addr::LOCALHOST.into(), 8).expect("a valid prefix");
+            let sources = s
+                .hairpin_from
+                .iter()
+                .chain(fam.v4.then_some(&localhost))
+                .filter(|n| n.is_ipv4() == fam.v4);
+            for net in sources {
+                if !src_covered(socket, &fam.src, net, op)? {
+                    add_src(batch, &fam.src, net);
                 }
             }
-        },
-        |socket, batch, now| {
-            let had = record_mappings(now);
-            for old in &had {
-                if !recorded.contains(&old) {
-                    remove_mapping(socket, batch, old, op)?;
-                }
-            }
-            for m in &recorded {
-                let (spec, key, data) = data_element(m);
-                match current_data(socket, spec, &key, op)? {
-                    Some(d) if d == data => {}
-                    Some(_) => batch.del_element(INET, spec.name, &Elem::key(&key)),
-                    None => {}
-                }
-                batch.add_element(INET, spec.name, &elem(&key, Some(&data), Some(&udata)));
-                let fam = Family::of(m.container_ip);
-                let pp = proto_port(m.proto, m.host_port);
-                let (want, other) = if s.masq_all {
-                    (&fam.masq_all, &fam.snat)
-                } else {
-                    (&fam.snat, &fam.masq_all)
-                };
-                // Deleting what is not there frees an element (and costs the
-                // kernel an RCU grace period): only for a port recorded before.
-                let before = had.iter().any(|o| {
-                    o.proto == m.proto
-                        && o.host_port == m.host_port
-                        && o.container_ip.is_ipv4() == fam.v4
-                });
-                if s.snat {
-                    batch.add_element(INET, want.name, &Elem::key(&pp));
-                }
-                if before {
-                    remove_own(batch, other, &pp, None);
-                    if !s.snat {
-                        remove_own(batch, want, &pp, None);
-                    }
-                }
-                if s.snat && !s.masq_all {
-                    let localhost =
-                        IpNetwork::new(Ipv4Addr::LOCALHOST.into(), 8).expect("a valid prefix");
-                    let sources = s
-                        .hairpin_from
-                        .iter()
-                        .chain(fam.v4.then_some(&localhost))
-                        .filter(|n| n.is_ipv4() == fam.v4);
-                    for net in sources {
-                        if !src_covered(socket, &fam.src, net, op)? {
-                            add_src(batch, &fam.src, net);
-                        }
-                    }
-                }
-            }
-            Ok(())
+        }
+    }
+
+    // The mappings with conditions: verdict-map elements jumping to the
+    // owner's chain, and no more elements for ports it no longer maps so.
+    for stale in keys_of(&now).iter().filter(|k| !keys.contains(k)) {
+        if holder(socket, stale, &chain, op)? == Holder::Owner {
+            remove_jump(batch, stale, &chain);
+        }
+    }
+    for k in &keys {
+        let jump = jump_to(k, &chain);
+        if holder(socket, k, &chain, op)? == Holder::Other {
+            batch.del_element(INET, k.map, &Elem::key(&k.key));
+        }
+        batch.add_element(INET, k.map, &jump);
+    }
+    Ok(())
+}
+
+/// The table, the maps and sets, and whichever base chains are missing
+/// (each created exclusively: of concurrent first ADDs, one succeeds and the
+/// others are refused and built again). Nothing when all are there.
+fn setup(socket: &mut NfSocket, batch: &mut Batch, op: &'static str) -> Result<()> {
+    let mut missing = Vec::new();
+    for base in &BASES {
+        if owner_chain::chain(socket, INET, base.name, op)?.is_none() {
+            missing.push(base);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    batch.add_table(INET);
+    for map in &PORT_MAPS {
+        batch.add_set(INET, map);
+    }
+    data_sets(batch);
+    for base in missing {
+        batch.add_chain(INET, base.name, Some(&base.hook), true);
+        (base.rules)(batch, base.name);
+    }
+    Ok(())
+}
+
+/// Whether every base chain exists as a base chain.
+fn bases_exist(socket: &mut NfSocket, op: &'static str) -> Result<bool> {
+    for base in &BASES {
+        if owner_chain::chain(socket, INET, base.name, op)? != Some(true) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Who a verdict-map key jumps to, seen from the owner of `chain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    Owner,
+    Other,
+}
+
+fn holder(socket: &mut NfSocket, k: &MapKey, chain: &str, op: &'static str) -> Result<Holder> {
+    let reply = match socket.get(INET, nftables::get_elements(k.map, Some(&k.key)))? {
+        Err(e) if owner_chain::is_enoent(&e) => return Ok(Holder::Nobody),
+        Err(e) => return Err(owner_chain::nft_error(op, k.map, e)),
+        Ok(reply) => reply,
+    };
+    let Some((_, _, elems)) = reply.as_ref().and_then(elements_of) else {
+        return Ok(Holder::Nobody);
+    };
+    Ok(
+        match elems.into_iter().find(|e| e.key == k.key.as_slice()) {
+            None => Holder::Nobody,
+            Some(e) if e.jump == Some(chain) => Holder::Owner,
+            Some(_) => Holder::Other,
         },
     )
 }
 
-/// The comment of an owner's record rules.
-fn record_comment(owner: &NftOwner) -> String {
-    let c = KIND.comment(owner).replacen("cni-rs portmap", RECORD, 1);
-    nftables::cut(&c, owner_chain::COMMENT_MAX).to_owned()
+fn jump_to<'a>(k: &'a MapKey, chain: &'a str) -> Elem<'a> {
+    Elem {
+        data: ElemData::Jump(chain),
+        ..Elem::key(&k.key)
+    }
 }
 
-/// Remove the owner's map elements and chain in one transaction; the keys
-/// are recovered from the owner's chain, so no mapping needs to be known.
+/// Delete `k`'s element only while it jumps to `chain`: re-adding the same
+/// jump is a no-op for the kernel, and is refused (failing the batch) if
+/// the key jumps elsewhere now.
+fn remove_jump(batch: &mut Batch, k: &MapKey, chain: &str) {
+    let jump = jump_to(k, chain);
+    batch.add_element(INET, k.map, &jump);
+    batch.del_element(INET, k.map, &jump);
+}
+
+/// The verdict-map keys an owner chain's rules are reached by, each once.
+fn keys_of(rules: &[RuleMessage]) -> Vec<MapKey> {
+    let mut keys: Vec<MapKey> = Vec::new();
+    for k in rules.iter().filter_map(rule_key) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+/// Every verdict-map key that jumps to `chain` (a dump of each of the three
+/// maps, which hold only the rare mappings with conditions).
+fn keys_jumping_to(socket: &mut NfSocket, chain: &str, op: &'static str) -> Result<Vec<MapKey>> {
+    let mut keys = Vec::new();
+    for map in &PORT_MAPS {
+        let replies = match socket.dump(INET, nftables::get_elements(map.name, None))? {
+            Err(e) if owner_chain::is_enoent(&e) => continue,
+            Err(e) => return Err(owner_chain::nft_error(op, map.name, e)),
+            Ok(replies) => replies,
+        };
+        for (table, set, elems) in replies.iter().filter_map(elements_of) {
+            if (table, set) != (TABLE, map.name) {
+                continue;
+            }
+            keys.extend(
+                elems
+                    .into_iter()
+                    .filter(|e| e.jump == Some(chain))
+                    .map(|e| MapKey {
+                        map: map.name,
+                        key: e.key.to_vec(),
+                    }),
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// The comment of an owner's record rules.
+fn record_comment(owner: &NftOwner) -> String {
+    owner_chain::comment("portmap record", owner)
+}
+
+/// Remove the owner's mappings and chain in one transaction; what to remove
+/// is read from the owner's chain, so no mapping needs to be known.
 /// Elements of ports now mapped to another owner's chain or container are
 /// left alone. Nothing to remove (no chain, no table) is success. Returns
 /// the mappings removed (from the owner's record), e.g. to flush their
 /// conntrack entries.
 pub fn del(owner: &NftOwner) -> Result<Vec<Mapping>, KernelError> {
     let op = "delete portmap";
-    let udata = nftables::comment_udata(&KIND.comment(owner));
     let mut removed = Vec::new();
-    KIND.delete_with(owner, op, |socket, batch, rules| {
-        // Called once per attempt: report what the last attempt removed.
+    let mut socket = NfSocket::open(op)?;
+    transact(&mut socket, |socket| {
+        // Built once per attempt: report what the last attempt removed.
         removed.clear();
-        if rules.is_empty() {
-            // The record was flushed behind our back: find the elements by
-            // their comment.
-            for (spec, key, data) in commented_elements(socket, &udata, op)? {
-                remove_own(batch, spec, &key, Some(&data));
-                let fam = if data.len() == 8 { &V4 } else { &V6 };
-                let pp = &key[key.len() - 8..];
-                remove_own(batch, &fam.snat, pp, None);
-                remove_own(batch, &fam.masq_all, pp, None);
-            }
-        }
-        for m in record_mappings(rules) {
-            remove_mapping(socket, batch, &m, op)?;
-            removed.push(m);
-        }
-        Ok(())
+        let mut batch = Batch::new();
+        stage_del(socket, &mut batch, owner, &mut removed, op)?;
+        Ok(batch)
     })?;
     Ok(removed)
 }
 
-/// The mappings the owner's chain installs and that its map elements still
-/// dispatch to (while the base chains exist), in rule order, read back from
-/// the kernel; `None` if the owner has no chain.
+fn stage_del(
+    socket: &mut NfSocket,
+    batch: &mut Batch,
+    owner: &NftOwner,
+    removed: &mut Vec<Mapping>,
+    op: &'static str,
+) -> Result<()> {
+    // An owner `add` refuses never had a chain; its name could even be
+    // another owner's, so touch nothing.
+    let Ok(chain) = owner_chain::chain_name(PREFIX, WHAT, owner) else {
+        return Ok(());
+    };
+    let Some(rules) = chain_rules(socket, INET, &chain, op)? else {
+        return Ok(());
+    };
+    if rules.is_empty() {
+        // The record was flushed behind our back: find the elements by
+        // their comment.
+        let udata = nftables::comment_udata(&owner_chain::comment(WHAT, owner));
+        for (spec, key, data) in commented_elements(socket, &udata, op)? {
+            remove_own(batch, spec, &key, Some(&data));
+            let fam = if data.len() == 8 { &V4 } else { &V6 };
+            let pp = &key[key.len() - 8..];
+            remove_own(batch, &fam.snat, pp, None);
+            remove_own(batch, &fam.masq_all, pp, None);
+        }
+    }
+    for m in record_mappings(&rules) {
+        remove_mapping(socket, batch, &m, op)?;
+        removed.push(m);
+    }
+    // The verdict-map elements jumping to the chain: those its rules name,
+    // and any other (the chain cannot be deleted while one is left).
+    let mut keys = keys_of(&rules);
+    if !keys.is_empty() || rules.is_empty() {
+        for k in keys_jumping_to(socket, &chain, op)? {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    for k in &keys {
+        if holder(socket, k, &chain, op)? == Holder::Owner {
+            remove_jump(batch, k, &chain);
+        }
+    }
+    batch.flush_chain(INET, &chain);
+    batch.del_chain(INET, &chain);
+    Ok(())
+}
+
+/// The mappings the owner's chain installs and that the kernel still
+/// applies (while the base chains exist), in rule order; `None` if the
+/// owner has no chain.
 pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> {
     let op = "list portmap";
-    let Some(all) = KIND.all_rules(owner, op)? else {
+    let Ok(chain) = owner_chain::chain_name(PREFIX, WHAT, owner) else {
         return Ok(None);
     };
-    let jumped: Vec<Mapping> = KIND
-        .rules(owner, op)?
-        .unwrap_or_default()
-        .iter()
-        .filter(|r| !is_record(r))
-        .filter_map(mapping_of)
-        .collect();
+    let mut socket = NfSocket::open(op)?;
+    let Some(all) = chain_rules(&mut socket, INET, &chain, op)? else {
+        return Ok(None);
+    };
     // Without the base chains nothing is in force.
-    if !KIND.bases_exist(op)? {
+    if !bases_exist(&mut socket, op)? {
         return Ok(Some(Vec::new()));
     }
-    let mut socket = NfSocket::open(op)?;
     let mut out = Vec::new();
     for r in &all {
         let Some(m) = mapping_of(r) else {
@@ -1107,7 +1298,7 @@ pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> 
             let (spec, key, data) = data_element(&m);
             current_data(&mut socket, spec, &key, op)?.as_deref() == Some(&data[..])
         } else {
-            jumped.contains(&m)
+            holder(&mut socket, &key(m.proto, m.host_port), &chain, op)? == Holder::Owner
         };
         if in_force {
             out.push(m);
@@ -1119,12 +1310,12 @@ pub fn installed(owner: &NftOwner) -> Result<Option<Vec<Mapping>>, KernelError> 
 /// Every `(container id, ifname)` with a portmap chain for `network` (read
 /// from the chain names alone).
 pub fn owners(network: &str) -> Result<Vec<(String, String)>, KernelError> {
-    KIND.owners(network, "list portmap chains")
+    owner_chain::owners(INET, PREFIX, network, "list portmap chains")
 }
 
 /// Ok when nf_tables answers in this namespace (a table dump succeeds).
 pub fn available() -> Result<(), KernelError> {
-    KIND.available("list tables")
+    owner_chain::available(INET, WHAT, "list tables")
 }
 
 /// What a rule of an owner chain says, as far as we read it: the protocol
@@ -1288,9 +1479,9 @@ mod tests {
         }
         assert_eq!(Proto::Sctp.number(), 132);
         assert_eq!(Proto::from_number(1), None);
-        let ids: Vec<u32> = KIND.maps.iter().map(|m| m.id).collect();
+        let ids: Vec<u32> = PORT_MAPS.iter().map(|m| m.id).collect();
         assert_eq!(ids, [1, 2, 3]);
-        assert!(KIND.maps.iter().all(|m| m.key.len == 2));
+        assert!(PORT_MAPS.iter().all(|m| m.key.len == 2));
     }
 
     #[test]
@@ -1338,7 +1529,7 @@ mod tests {
         };
         let records = written(&comment);
         assert!(records.iter().all(is_record));
-        assert!(records.iter().all(|r| (KIND.rule_key)(r).is_none()));
+        assert!(records.iter().all(|r| rule_key(r).is_none()));
         assert_eq!(record_mappings(&records), ms);
         let plain = written("cni-rs portmap: n c eth0");
         assert!(!is_record(&plain[0]));
@@ -1347,13 +1538,22 @@ mod tests {
     #[test]
     fn names_and_comments() {
         let o = owner("net1", "ctr-1", "eth0");
-        assert_eq!(KIND.chain_name(&o).unwrap(), "pm/net1/ctr-1/eth0");
-        assert_eq!(KIND.comment(&o), "cni-rs portmap: net1 ctr-1 eth0");
-        for base in KIND.bases {
-            assert_eq!(KIND.parse_chain_name(base.name, "net1"), None);
+        assert_eq!(
+            owner_chain::chain_name(PREFIX, WHAT, &o).unwrap(),
+            "pm/net1/ctr-1/eth0"
+        );
+        assert_eq!(
+            owner_chain::comment(WHAT, &o),
+            "cni-rs portmap: net1 ctr-1 eth0"
+        );
+        for base in &BASES {
+            assert_eq!(
+                owner_chain::parse_chain_name(PREFIX, base.name, "net1"),
+                None
+            );
         }
         assert_eq!(
-            KIND.parse_chain_name("masq/net1/ctr-1/eth0", "net1"),
+            owner_chain::parse_chain_name(PREFIX, "masq/net1/ctr-1/eth0", "net1"),
             None,
             "another kind's chain"
         );
@@ -1465,7 +1665,7 @@ mod tests {
         let rules = built(&s);
         // Per IPv4 mapping: hairpin, localhost, DNAT; for IPv6: hairpin, DNAT.
         assert_eq!(rules.len(), 3 * 3 + 2);
-        let keys: Vec<MapKey> = rules.iter().map(|r| (KIND.rule_key)(r).unwrap()).collect();
+        let keys: Vec<MapKey> = rules.iter().map(|r| rule_key(r).unwrap()).collect();
         let expected: Vec<MapKey> = [
             (Proto::Tcp, 8080, 3),
             (Proto::Tcp, 8081, 3),
@@ -1615,6 +1815,6 @@ mod tests {
         }
         let empty = rule_attrs(CHAIN, &[]);
         assert_eq!(mapping_of(&empty), None);
-        assert_eq!((KIND.rule_key)(&empty), None);
+        assert_eq!(rule_key(&empty), None);
     }
 }
