@@ -1,8 +1,6 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::nfnetlink::NfSocket;
-use cni_kernel::nftables::Batch;
 use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain};
 use cni_types::invoke::delegate;
 use cni_types::{
@@ -214,16 +212,14 @@ fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
 /// host veth and the container's MAC, if any) in one nftables transaction.
 fn add_rules(owner: &NftOwner, masq: &[IpNetwork], spoof: Option<(&str, [u8; 6])>) -> Result<()> {
     let op = "add masquerade and macspoofchk";
-    let mut socket = NfSocket::open(op)?;
-    Ok(owner_chain::transact(&mut socket, |s| {
-        let mut batch = Batch::new();
+    Ok(owner_chain::transaction(op, |s, batch| {
         if !masq.is_empty() {
-            masquerade::stage_add(s, &mut batch, owner, masq, op)?;
+            masquerade::stage_add(s, batch, owner, masq, op)?;
         }
         if let Some((veth, mac)) = spoof {
-            spoofcheck::stage_add(s, &mut batch, owner, veth, mac, op)?;
+            spoofcheck::stage_add(s, batch, owner, veth, mac, op)?;
         }
-        Ok(batch)
+        Ok(())
     })?)
 }
 
@@ -234,16 +230,14 @@ fn del_rules(conf: &BridgeConf, owner: &NftOwner) -> Result<()> {
         return Ok(());
     }
     let op = "delete masquerade and macspoofchk";
-    let mut socket = NfSocket::open(op)?;
-    Ok(owner_chain::transact(&mut socket, |s| {
-        let mut batch = Batch::new();
+    Ok(owner_chain::transaction(op, |s, batch| {
         if conf.ip_masq {
-            masquerade::stage_del(s, &mut batch, owner, op)?;
+            masquerade::stage_del(s, batch, owner, op)?;
         }
         if conf.macspoofchk {
-            spoofcheck::stage_del(s, &mut batch, owner, op)?;
+            spoofcheck::stage_del(s, batch, owner, op)?;
         }
-        Ok(batch)
+        Ok(())
     })?)
 }
 

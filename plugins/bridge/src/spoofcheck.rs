@@ -41,7 +41,7 @@ use cni_kernel::nftables::{
     BaseHook, Batch, Elem, ElemData, Family, IFNAME, KeyType, NF_INET_PRE_ROUTING, SetData,
     SetSpec, comment_udata,
 };
-use cni_kernel::owner_chain::{self, OWNER_TAG, chain_rules, element_data, transact};
+use cni_kernel::owner_chain::{self, OWNER_TAG, chain_rules, element_data};
 use cni_kernel::packet_netfilter::nftables::RuleMessage;
 use nix::libc;
 
@@ -166,11 +166,8 @@ fn remove_own(
 /// source is not `mac` are dropped.
 pub fn add(owner: &NftOwner, host_ifname: &str, mac: [u8; 6]) -> Result<(), KernelError> {
     let op = "add macspoofchk";
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
-        let mut batch = Batch::new();
-        stage_add(socket, &mut batch, owner, host_ifname, mac, op)?;
-        Ok(batch)
+    owner_chain::transaction(op, |s, batch| {
+        stage_add(s, batch, owner, host_ifname, mac, op)
     })
 }
 
@@ -237,12 +234,7 @@ pub fn stage_add(
 /// success.
 pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
     let op = "delete macspoofchk";
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
-        let mut batch = Batch::new();
-        stage_del(socket, &mut batch, owner, op)?;
-        Ok(batch)
-    })
+    owner_chain::transaction(op, |s, batch| stage_del(s, batch, owner, op))
 }
 
 /// [`del`]'s changes, added to `batch` (read through `socket`).

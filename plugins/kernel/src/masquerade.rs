@@ -54,7 +54,7 @@ use crate::nftables::{
     BaseHook, Batch, Elem, ElemData, Family, IPV4_ADDR, IPV6_ADDR, KeyType, NF_INET_POST_ROUTING,
     SetData, SetSpec, comment_udata,
 };
-use crate::owner_chain::{self, OWNER_TAG, chain_rules, element_data, transact};
+use crate::owner_chain::{self, OWNER_TAG, chain_rules, element_data};
 
 pub use crate::nftables::TABLE;
 pub use crate::owner_chain::{NftOwner, NftOwner as MasqOwner};
@@ -272,12 +272,7 @@ fn remove_own(
 /// longer has. With no addresses this is [`del`].
 pub fn add(owner: &NftOwner, addrs: &[IpNetwork]) -> Result<(), KernelError> {
     let op = "add masquerade";
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
-        let mut batch = Batch::new();
-        stage_add(socket, &mut batch, owner, addrs, op)?;
-        Ok(batch)
-    })
+    owner_chain::transaction(op, |s, batch| stage_add(s, batch, owner, addrs, op))
 }
 
 /// [`add`]'s changes, added to `batch` (read through `socket`), for a
@@ -341,12 +336,7 @@ pub fn stage_add(
 /// remove is success.
 pub fn del(owner: &NftOwner) -> Result<(), KernelError> {
     let op = "delete masquerade";
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
-        let mut batch = Batch::new();
-        stage_del(socket, &mut batch, owner, op)?;
-        Ok(batch)
-    })
+    owner_chain::transaction(op, |s, batch| stage_del(s, batch, owner, op))
 }
 
 /// [`del`]'s changes, added to `batch` (read through `socket`).

@@ -117,6 +117,23 @@ where
         buf.resize(buf.len().next_multiple_of(4), 0);
     }
 
+    /// The netlink messages of one datagram.
+    fn decode(data: &[u8]) -> Result<Vec<NetlinkMessage<M>>, Failure> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < data.len() {
+            let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
+                .map_err(|e| Failure::Decode(e.to_string()))?;
+            let len = reply.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            offset += len.next_multiple_of(4);
+            out.push(reply);
+        }
+        Ok(out)
+    }
+
     /// One request; its replies until the acknowledgement, the end of the
     /// dump, or (a GET without ack) the first reply.
     pub fn request(&mut self, msg: M, flags: u16) -> Result<Replies<M>, Failure> {
@@ -134,15 +151,7 @@ where
             if data.is_empty() {
                 return Err(Failure::Decode("empty datagram".to_owned()));
             }
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
-                    .map_err(|e| Failure::Decode(e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len.next_multiple_of(4);
+            for reply in Self::decode(&data)? {
                 if reply.header.sequence_number != seq {
                     continue; // a late reply to an earlier request
                 }
@@ -205,15 +214,7 @@ where
                 }
                 Err(e) => return Err(Failure::Io(e)),
             };
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
-                    .map_err(|e| Failure::Decode(e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len.next_multiple_of(4);
+            for reply in Self::decode(&data)? {
                 let seq = reply.header.sequence_number;
                 if !ours(seq) {
                     continue;

@@ -322,6 +322,20 @@ pub fn transact(
     }
 }
 
+/// One transaction on a socket of its own: `stage` adds its changes to the
+/// batch, reading what it needs through the socket (see [`transact`]).
+pub fn transaction(
+    op: &'static str,
+    mut stage: impl FnMut(&mut NfSocket, &mut Batch) -> Result<()>,
+) -> Result<()> {
+    let mut socket = NfSocket::open(op)?;
+    transact(&mut socket, |socket| {
+        let mut batch = Batch::new();
+        stage(socket, &mut batch)?;
+        Ok(batch)
+    })
+}
+
 pub fn nft_error(op: &'static str, object: &str, source: io::Error) -> KernelError {
     KernelError::Nftables {
         op,

@@ -100,7 +100,7 @@ use cni_kernel::nftables::{
     self, BaseHook, Batch, Elem, ElemData, INET_SERVICE, KeyType, NF_INET_LOCAL_OUT,
     NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, SetData, SetSpec, TABLE, elements_of,
 };
-use cni_kernel::owner_chain::{self, Expr, chain_rules, transact};
+use cni_kernel::owner_chain::{self, Expr, chain_rules};
 
 /// All of portmap lives in `inet cni-rs`.
 const INET: nftables::Family = nftables::Family::Inet;
@@ -959,11 +959,8 @@ pub fn add(s: &Setup) -> Result<(), KernelError> {
         return del(&s.owner).map(|_| ());
     }
     let op = "add portmap";
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
-        let mut batch = Batch::new();
-        stage_add(socket, &mut batch, s, &mappings, op)?;
-        Ok(batch)
+    owner_chain::transaction(op, |socket, batch| {
+        stage_add(socket, batch, s, &mappings, op)
     })
 }
 
@@ -1211,13 +1208,10 @@ fn record_comment(owner: &NftOwner) -> String {
 pub fn del(owner: &NftOwner) -> Result<Vec<Mapping>, KernelError> {
     let op = "delete portmap";
     let mut removed = Vec::new();
-    let mut socket = NfSocket::open(op)?;
-    transact(&mut socket, |socket| {
+    owner_chain::transaction(op, |socket, batch| {
         // Built once per attempt: report what the last attempt removed.
         removed.clear();
-        let mut batch = Batch::new();
-        stage_del(socket, &mut batch, owner, &mut removed, op)?;
-        Ok(batch)
+        stage_del(socket, batch, owner, &mut removed, op)
     })?;
     Ok(removed)
 }
