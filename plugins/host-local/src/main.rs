@@ -1,14 +1,5 @@
-//! The host-local IPAM plugin: addresses from configured ranges, reserved in
-//! files under `dataDir` in the reference plugin's layout.
-
-mod allocator;
-mod config;
-mod dns;
-mod error;
-mod ip;
-mod plugin;
-mod store;
+//! The host-local plugin's binary: see the library for what it does.
 
 fn main() {
-    cni_types::plugin::run(&plugin::HostLocal)
+    cni_types::plugin::run(&host_local::plugin::HostLocal)
 }

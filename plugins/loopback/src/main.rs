@@ -1,8 +1,5 @@
-//! The loopback plugin: brings `lo` up in the container's namespace.
-
-mod error;
-mod plugin;
+//! The loopback plugin's binary: see the library for what it does.
 
 fn main() {
-    cni_types::plugin::run(&plugin::Loopback)
+    cni_types::plugin::run(&loopback::plugin::Loopback)
 }
