@@ -146,13 +146,7 @@ fn remove_own(
     op: &'static str,
 ) -> Result<()> {
     let key = padded(ifname);
-    if element_data(socket, BRIDGE, SPOOF.name, &key, op)?.as_deref() == Some(tag) {
-        let own = Elem {
-            data: ElemData::Value(tag),
-            ..Elem::key(&key)
-        };
-        batch.add_element(BRIDGE, SPOOF.name, &own);
-        batch.del_element(BRIDGE, SPOOF.name, &own);
+    if owner_chain::remove_if_owned(socket, batch, BRIDGE, SPOOF.name, &key, tag, op)? {
         let ok = allowed(ifname, *mac);
         if element_data(socket, BRIDGE, SPOOF_OK.name, &ok, op)?.is_some() {
             batch.del_element(BRIDGE, SPOOF_OK.name, &Elem::key(&ok));
@@ -257,12 +251,7 @@ pub fn stage_del(
             // The record was flushed behind our back: find the interface by
             // the tag, and its address by the interface.
             for key in owner_chain::keys_with_data(socket, BRIDGE, SPOOF.name, &tag, op)? {
-                let own = Elem {
-                    data: ElemData::Value(&tag),
-                    ..Elem::key(&key)
-                };
-                batch.add_element(BRIDGE, SPOOF.name, &own);
-                batch.del_element(BRIDGE, SPOOF.name, &own);
+                owner_chain::remove_if_owned(socket, batch, BRIDGE, SPOOF.name, &key, &tag, op)?;
                 for ok in owner_chain::keys_with_prefix(socket, BRIDGE, SPOOF_OK.name, &key, op)? {
                     batch.del_element(BRIDGE, SPOOF_OK.name, &Elem::key(&ok));
                 }

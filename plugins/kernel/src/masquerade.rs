@@ -249,13 +249,7 @@ fn remove_own(
 ) -> Result<()> {
     let f = fam(&ip);
     let key = octets(ip);
-    if element_data(socket, INET, f.map.name, &key, op)?.as_deref() == Some(tag) {
-        let own = Elem {
-            data: ElemData::Value(tag),
-            ..Elem::key(&key)
-        };
-        batch.add_element(INET, f.map.name, &own);
-        batch.del_element(INET, f.map.name, &own);
+    if owner_chain::remove_if_owned(socket, batch, INET, f.map.name, &key, tag, op)? {
         // The address is the owner's (the batch fails otherwise), so its
         // range is too.
         if let Some((first, last)) = local_of(socket, ip, op)? {

@@ -322,6 +322,31 @@ pub fn transact(
     }
 }
 
+/// Remove `key`'s element of data map `set` while it still carries the
+/// owner's `tag`: "add it with my tag, then delete it" in the batch, which
+/// the kernel refuses (failing the batch, to be built again) if another
+/// owner took the key over meanwhile. Returns whether it was the owner's.
+pub fn remove_if_owned(
+    socket: &mut NfSocket,
+    batch: &mut Batch,
+    family: Family,
+    set: &str,
+    key: &[u8],
+    tag: &[u8],
+    op: &'static str,
+) -> Result<bool> {
+    if element_data(socket, family, set, key, op)?.as_deref() != Some(tag) {
+        return Ok(false);
+    }
+    let own = nftables::Elem {
+        data: nftables::ElemData::Value(tag),
+        ..nftables::Elem::key(key)
+    };
+    batch.add_element(family, set, &own);
+    batch.del_element(family, set, &own);
+    Ok(true)
+}
+
 /// One transaction on a socket of its own: `stage` adds its changes to the
 /// batch, reading what it needs through the socket (see [`transact`]).
 pub fn transaction(
