@@ -348,15 +348,22 @@ impl Call {
         for (k, v) in &self.vars {
             p.env(k, v);
         }
-        let mut child = p
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
-        let _ = child.stdin.take().unwrap().write_all(&self.stdin);
-        Reply(child.wait_with_output().unwrap())
+        Reply(fed(&mut p, &self.stdin))
     }
+}
+
+/// Run `cmd` with `stdin` on its standard input; its output, both streams
+/// captured.
+pub fn fed(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // A plugin that fails early may not read its input: not an error here.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
 }
 
 /// What a plugin printed and how it exited.

@@ -200,28 +200,18 @@ fn in_chroot(
         ));
     }
     script.push_str(&format!("exec chroot {} /{plugin}", root.display()));
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env_clear()
-        .env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", "dist-chroot")
-        .env("CNI_NETNS", if netns.is_some() { "/netns" } else { "" })
-        .env("CNI_IFNAME", "lo")
-        .env("CNI_PATH", "/")
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cni_tests::fed(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env_clear()
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", "dist-chroot")
+            .env("CNI_NETNS", if netns.is_some() { "/netns" } else { "" })
+            .env("CNI_IFNAME", "lo")
+            .env("CNI_PATH", "/")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        conf.as_bytes(),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     (out.status.success(), format!("{stdout}{stderr}"))

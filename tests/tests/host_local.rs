@@ -350,26 +350,16 @@ fn parallel_adds(
 }
 
 fn run_reference(bin: &str, verb: &str, id: &str, c: &Value) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(bin)
-        .env_clear()
-        .env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", NETNS)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(c.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cni_tests::fed(
+        std::process::Command::new(bin)
+            .env_clear()
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", NETNS)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni"),
+        c.to_string().as_bytes(),
+    )
 }
 
 fn distinct(results: &[Value]) -> usize {

@@ -242,16 +242,19 @@ pub fn stage_del(
         return Ok(());
     };
     let tag = owner_chain::owner_tag(&chain);
-    if owner_chain::chain(socket, BRIDGE, &chain, op)?.is_none() {
+    let Some(rules) = chain_rules(socket, BRIDGE, &chain, op)? else {
         return Ok(());
-    }
-    match recorded(socket, &chain, op)? {
+    };
+    match rules.iter().find_map(rule_check) {
         Some(check) => remove_own(socket, batch, &check, &tag, op)?,
         None => {
             // The record was flushed behind our back: find the interface by
             // the tag, and its address by the interface.
             for key in owner_chain::keys_with_data(socket, BRIDGE, SPOOF.name, &tag, op)? {
-                owner_chain::remove_if_owned(socket, batch, BRIDGE, SPOOF.name, &key, &tag, op)?;
+                if !owner_chain::remove_if_owned(socket, batch, BRIDGE, SPOOF.name, &key, &tag, op)?
+                {
+                    continue;
+                }
                 for ok in owner_chain::keys_with_prefix(socket, BRIDGE, SPOOF_OK.name, &key, op)? {
                     batch.del_element(BRIDGE, SPOOF_OK.name, &Elem::key(&ok));
                 }
