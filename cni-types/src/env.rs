@@ -46,6 +46,22 @@ impl Command {
     }
 }
 
+/// The variables the spec defines.
+const VARIABLES: [&str; 6] = [
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
+
+/// One message for every variable: read as unset, a value that is not text
+/// would silently change what the plugin does (an `IP=` request dropped).
+fn not_utf8(var: &str) -> CniError {
+    CniError::invalid_env(format!("{var} is not valid UTF-8"))
+}
+
 /// What the runtime told the plugin through its environment.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -61,6 +77,11 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Result<Env, CniError> {
+        for k in VARIABLES {
+            if std::env::var_os(k).is_some_and(|v| v.to_str().is_none()) {
+                return Err(not_utf8(k));
+            }
+        }
         Env::from_lookup(|k| std::env::var(k).ok())
     }
 

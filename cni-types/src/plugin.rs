@@ -103,6 +103,12 @@ impl Request {
 }
 
 fn decode(stdin: &[u8]) -> Result<Value, CniError> {
+    if values_at_most(stdin) > MAX_CONFIG_VALUES {
+        return Err(CniError::new(
+            Code::DECODE,
+            format!("network config holds more than {MAX_CONFIG_VALUES} JSON values"),
+        ));
+    }
     let raw: Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(Code::DECODE, format!("cannot decode network config: {e}")))?;
     if !raw.is_object() {
@@ -187,12 +193,54 @@ fn respond(
     }
 }
 
+/// The largest config read from stdin. Real ones are kilobytes; the largest
+/// a runtime sends are GC's attachment lists (~100 bytes per container).
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// The most JSON values a config may hold. Decoding costs memory per value
+/// (tens of bytes each, more than the two bytes `1,` takes on stdin), so a
+/// byte cap alone would still let a config of small numbers cost gigabytes.
+pub const MAX_CONFIG_VALUES: usize = 200_000;
+
 fn read_stdin() -> Result<Vec<u8>, CniError> {
     let mut buf = Vec::new();
     std::io::stdin()
+        .take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut buf)
         .map_err(|e| CniError::io(format!("cannot read stdin: {e}")))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(CniError::new(
+            Code::DECODE,
+            format!(
+                "network config is larger than {} MiB",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
     Ok(buf)
+}
+
+/// An upper bound of the number of values in a JSON text, counted without
+/// decoding it: every value but the first follows a `,` or opens a container
+/// or follows a `:`.
+fn values_at_most(text: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' | b':' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 /// The checks, in the order the reference skel applies them: environment (4),
@@ -390,6 +438,18 @@ mod tests {
         }
     }
 
+    fn run_with_stdin(cmd: &str, stdin: Vec<u8>) -> Outcome {
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", "c1".into()),
+            ("CNI_NETNS", "/nonexistent/netns".into()),
+            ("CNI_IFNAME", "eth0".into()),
+        ]);
+        let env = Env::from_lookup(|k| vars.get(k).cloned());
+        let mut v = Version::LATEST.to_string();
+        dispatch(&Probe::default(), env, || Ok(stdin), &mut v)
+    }
+
     fn run_with(cmd: &str, conf: Value) -> (Outcome, String) {
         let vars: HashMap<&str, String> = HashMap::from([
             ("CNI_COMMAND", cmd.to_string()),
@@ -464,6 +524,17 @@ mod tests {
         // errors are tagged with the config's version when it is known
         let (_, v) = run_with("ADD", json!({"cniVersion": "0.4.0", "name": ""}));
         assert_eq!(v, "0.4.0");
+    }
+
+    #[test]
+    fn value_counts_bound_what_decoding_costs() {
+        assert_eq!(values_at_most(br#"{"a": [1, 2, {"b": "x,[{:"}]}"#), 8);
+        assert_eq!(values_at_most(br#""a\",b""#), 1);
+        let many = format!("[{}1]", "1,".repeat(MAX_CONFIG_VALUES));
+        assert_eq!(code(run_with_stdin("ADD", many.into_bytes())), 6);
+        let fine = json!({"cniVersion": "1.0.0", "name": "n", "type": "probe",
+                          "list": vec![1; 1000]});
+        assert_eq!(code(run_with("ADD", fine).0), 0);
     }
 
     #[test]

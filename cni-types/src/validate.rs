@@ -34,7 +34,9 @@ pub fn network_name(name: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Linux accepts 1..15 bytes (IFNAMSIZ - 1), not `.`/`..`, no `/`, `:` or whitespace.
+/// Linux accepts 1..15 bytes (IFNAMSIZ - 1), not `.`/`..`, no `/`, `:` or
+/// whitespace. `%` is refused too: the kernel expands `%d` in a new link's
+/// name to a free number, so the link made would not be the one named.
 pub fn interface_name(name: &str) -> Result<(), CniError> {
     let why = if name.is_empty() {
         "interface name is empty"
@@ -44,9 +46,9 @@ pub fn interface_name(name: &str) -> Result<(), CniError> {
         "interface name is . or .."
     } else if name
         .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        .any(|c| c == '/' || c == ':' || c == '%' || c.is_whitespace())
     {
-        "interface name contains / or : or whitespace"
+        "interface name contains /, :, % or whitespace"
     } else {
         return Ok(());
     };

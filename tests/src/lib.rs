@@ -245,6 +245,42 @@ pub fn reservations_in(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
+/// Every index entry is a hard link of a current reservation, every
+/// reservation has one, no owner directory is empty, and no temporary file
+/// is left (host-local's store, after an operation that tidies).
+pub fn assert_store_tidy(store: &Path) {
+    let owners = store.join(".cnirs/owners");
+    let mut indexed = 0;
+    for odir in std::fs::read_dir(&owners).unwrap() {
+        let odir = odir.unwrap().path();
+        let entries: Vec<_> = std::fs::read_dir(&odir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert!(
+            !entries.is_empty(),
+            "empty owner directory {}",
+            odir.display()
+        );
+        for e in entries {
+            let res = store.join(e.file_name());
+            let (a, b) = (e.metadata().unwrap(), std::fs::metadata(&res));
+            assert!(
+                b.is_ok_and(|b| std::os::unix::fs::MetadataExt::ino(&b)
+                    == std::os::unix::fs::MetadataExt::ino(&a)),
+                "stale entry {}",
+                e.path().display()
+            );
+            indexed += 1;
+        }
+    }
+    assert_eq!(indexed, reservations_in(store).len());
+    for e in std::fs::read_dir(store.join(".cnirs")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.ends_with(".tmp"), "{n} left");
+    }
+}
+
 /// Where the workspace's binaries are: `CNIRS_BIN_DIR`, else the target
 /// directory this test binary was built into.
 pub fn bin_dir() -> PathBuf {
@@ -275,10 +311,13 @@ pub const PLUGINS: [&str; 4] = ["loopback", "bridge", "host-local", "portmap"];
 #[derive(Clone)]
 pub struct Call {
     bin: PathBuf,
-    vars: Vec<(String, String)>,
+    vars: Vec<(String, std::ffi::OsString)>,
     stdin: Vec<u8>,
     /// Run inside this namespace (as a runtime in a "host" namespace would).
     host: Option<PathBuf>,
+    /// Kill the plugin if it has not exited by then (a hang is then a failed
+    /// assertion, not a stuck test run).
+    limit: Option<std::time::Duration>,
 }
 
 impl Call {
@@ -290,11 +329,18 @@ impl Call {
                 ("CNI_COMMAND".into(), command.into()),
                 ("CNI_CONTAINERID".into(), "ctr-1".into()),
                 ("CNI_IFNAME".into(), "eth0".into()),
-                ("CNI_PATH".into(), bin_dir().display().to_string()),
+                ("CNI_PATH".into(), bin_dir().into_os_string()),
             ],
             stdin: Vec::new(),
             host: None,
+            limit: None,
         }
+    }
+
+    /// Fail (panic) if the plugin runs longer than `limit`.
+    pub fn within(mut self, limit: std::time::Duration) -> Call {
+        self.limit = Some(limit);
+        self
     }
 
     /// Run another binary with the same environment (e.g. a reference plugin).
@@ -316,6 +362,15 @@ impl Call {
         if let Some(v) = value {
             self.vars.push((key.into(), v.into()));
         }
+        self
+    }
+
+    /// Set one variable to bytes that need not be text.
+    pub fn var_bytes(mut self, key: &str, value: &[u8]) -> Call {
+        use std::os::unix::ffi::OsStrExt;
+        self.vars.retain(|(k, _)| k != key);
+        self.vars
+            .push((key.into(), std::ffi::OsStr::from_bytes(value).to_owned()));
         self
     }
 
@@ -348,8 +403,54 @@ impl Call {
         for (k, v) in &self.vars {
             p.env(k, v);
         }
-        Reply(fed(&mut p, &self.stdin))
+        match self.limit {
+            None => Reply(fed(&mut p, &self.stdin)),
+            Some(limit) => Reply(
+                fed_within(&mut p, &self.stdin, limit)
+                    .unwrap_or_else(|| panic!("{} ran longer than {limit:?}", self.bin.display())),
+            ),
+        }
     }
+}
+
+/// As [`fed`], but the child is killed if it has not exited within `limit`:
+/// `None` then. stdin is written and the output read on helper threads, so
+/// neither a plugin that never reads nor one that writes a lot blocks us.
+pub fn fed_within(cmd: &mut Command, stdin: &[u8], limit: std::time::Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let input = stdin.to_vec();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = read(child.stderr.take().map(|r| Box::new(r) as _));
+    let exited = wait_up_to(limit, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let _ = writer.join();
+    let output = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    exited.then_some(output)
 }
 
 /// Run `cmd` with `stdin` on its standard input; its output, both streams

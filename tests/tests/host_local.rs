@@ -448,6 +448,11 @@ fn killed_mid_add_leaves_only_whole_reservations() {
         last.parse::<std::net::IpAddr>()
             .unwrap_or_else(|_| panic!("corrupt last_reserved_ip: {last:?}"));
     }
+    // The next ADD tidies what the killed ones left: stale index entries
+    // and temporary files.
+    call("ADD", "after-kills", &c).run().success();
+    cni_tests::assert_store_tidy(&store(&dir));
+    call("DEL", "after-kills", &c).run().silent_success();
     // DEL of every container, then GC with nothing valid, leaves a clean store.
     for i in 0..150 {
         call("DEL", &format!("k{i}"), &c).run().silent_success();

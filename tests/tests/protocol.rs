@@ -179,6 +179,102 @@ fn bad_input_table() {
     );
 }
 
+/// What the runtime controls but an attacker may shape: the environment's
+/// bytes, CNI_NETNS pointing at anything but a network namespace, names the
+/// kernel would expand, and a config of absurd size. Each is refused up
+/// front with its code, quickly, and leaves nothing behind.
+#[test]
+fn hostile_environment_and_input_table() {
+    use std::time::Duration;
+    let tmp = cni_tests::TempDir::new("hostile");
+    let fifo = tmp.path().join("fifo");
+    cni_tests::must("mkfifo", &[fifo.to_str().unwrap()]);
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let quick = Duration::from_secs(5);
+    for p in PLUGINS {
+        let conf = valid_conf(p);
+        let add = || Call::new(p, "ADD").conf(&conf).within(quick);
+        // Bytes that are not text, in every variable: one message naming it.
+        for var in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_NETNS",
+            "CNI_IFNAME",
+            "CNI_ARGS",
+            "CNI_PATH",
+        ] {
+            let mut bytes = b"IP=10.99.0.9\xff".to_vec();
+            if var == "CNI_ARGS" {
+                bytes = b"IP=10.99.0.\xff9".to_vec();
+            }
+            let e = if var == "CNI_NETNS" {
+                add().var_bytes(var, &bytes).run().error(4)
+            } else {
+                rejected_without_trace(add().var_bytes(var, &bytes), 4)
+            };
+            assert_eq!(e["msg"], format!("{var} is not valid UTF-8"), "{p}");
+        }
+        // The kernel expands %d in a new link's name.
+        for ifname in ["eth%d", "%d"] {
+            rejected_without_trace(add().var("CNI_IFNAME", Some(ifname)), 4);
+        }
+        // Too large, or too many values for its size: decoding is refused.
+        let mut huge = conf.clone();
+        huge["junk"] = json!("x".repeat(9 << 20));
+        let e = rejected_without_trace(add().conf(&huge), 6);
+        assert!(e["msg"].as_str().unwrap().contains("larger than"), "{e}");
+        let mut many = conf.clone();
+        many["junk"] = json!(vec![1; 300_000]);
+        let e = rejected_without_trace(add().conf(&many), 6);
+        assert!(e["msg"].as_str().unwrap().contains("JSON values"), "{e}");
+    }
+    // CNI_NETNS that is not a network namespace, for the plugins that enter
+    // it: 4, at once (a FIFO must not hang them, a device is not opened).
+    for p in ["bridge", "loopback"] {
+        let conf = valid_conf(p);
+        for ns in [
+            fifo.to_str().unwrap(),
+            file.to_str().unwrap(),
+            tmp.path().to_str().unwrap(),
+            "/dev/null",
+            "/dev/zero",
+            "/proc/version",
+            "/proc/self/ns/mnt",
+            "/proc/self/ns/uts",
+        ] {
+            let host = Netns::new("hosth");
+            for verb in ["ADD", "DEL"] {
+                let e = Call::new(p, verb)
+                    .in_host(&host)
+                    .conf(&conf)
+                    .var("CNI_NETNS", Some(ns))
+                    .within(quick)
+                    .run()
+                    .error(4);
+                assert!(e["msg"].as_str().unwrap().contains(ns), "{p} {ns}: {e}");
+            }
+            assert_eq!(host.link_names(), ["lo"], "{p} {ns}");
+        }
+    }
+    // Config names the kernel would expand, and a MAC no interface can have.
+    let host = Netns::new("hosth");
+    for (key, value) in [
+        ("bridge", json!("br%d")),
+        ("runtimeConfig", json!({"mac": "00:00:00:00:00:00"})),
+    ] {
+        let mut c = valid_conf("bridge");
+        c[key] = value;
+        Call::new("bridge", "ADD")
+            .in_host(&host)
+            .conf(&c)
+            .netns(&Netns::new("bad"))
+            .run()
+            .error(7);
+        assert_eq!(host.link_names(), ["lo"], "{key}");
+    }
+}
+
 #[test]
 fn verbs_refuse_config_versions_that_predate_them() {
     for p in PLUGINS {

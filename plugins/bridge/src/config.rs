@@ -76,6 +76,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     if mac[0] & 1 == 1 {
         return Err(format!("MAC address {s:?} is multicast"));
     }
+    if mac == [0; 6] {
+        return Err(format!("MAC address {s:?} is all zeros"));
+    }
     Ok(mac)
 }
 
@@ -191,6 +194,7 @@ mod tests {
             "0a:58:0a:00:00:5",
             "zz:58:0a:00:00:05",
             "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
         ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }

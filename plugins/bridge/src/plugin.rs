@@ -97,8 +97,10 @@ fn add_steps(
     done: &mut Done,
 ) -> Result<CniResult> {
     let ifname = &req.env.ifname;
-    let br = host::ensure_bridge(nl, conf)?;
+    // Into the namespace first: if it is not a network namespace, nothing
+    // has been created yet.
     let mut cnl = netns.netlink()?;
+    let br = host::ensure_bridge(nl, conf)?;
     if cnl.link_by_name(ifname)?.is_some() {
         return Err(BridgeError::InterfaceExists(ifname.clone()));
     }

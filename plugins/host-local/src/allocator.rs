@@ -41,8 +41,8 @@ pub trait Store {
     fn last_reserved(&mut self, set: usize) -> Result<Option<IpAddr>, StoreError>;
     /// What `owner` is known to hold, at a cost that does not grow with the store.
     fn indexed(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError>;
-    /// Everything `owner` holds: indexed addresses, `hints` (from prevResult)
-    /// that turn out to be its, and when those find nothing a full scan.
+    /// Everything `owner` holds: indexed addresses and `hints` (from
+    /// prevResult) that turn out to be its.
     fn find(&mut self, owner: &Owner, hints: &[IpAddr]) -> Result<Vec<IpAddr>, StoreError>;
     fn release(&mut self, ip: IpAddr) -> Result<(), StoreError>;
     /// Every reservation with its holder.

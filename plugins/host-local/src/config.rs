@@ -253,8 +253,10 @@ impl IpamConfig {
             network: conf.name.clone(),
             sets,
             routes: raw.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect(),
+            // "" is the default too, as in the reference.
             data_dir: raw
                 .data_dir
+                .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             resolv_conf: raw.resolv_conf,
             requested,
@@ -307,6 +309,9 @@ pub mod tests {
         assert_eq!(r.start.to_string(), "10.1.0.1");
         assert_eq!(r.end.to_string(), "10.1.255.254");
         assert_eq!(r.gateway.to_string(), "10.1.0.1");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        // "" is the default too (not the runtime's working directory).
+        let c = load(json!({"subnet": "10.1.0.0/16", "dataDir": ""}), "");
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let c = load(json!({"ranges": [[{"subnet": "fd00::/120"}]]}), "");
         assert_eq!(c.sets[0].0[0].end.to_string(), "fd00::ff");

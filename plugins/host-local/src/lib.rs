@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod dirfd;
 pub mod dns;
 pub mod error;
 pub mod ip;

@@ -4,11 +4,15 @@ use cni_types::{CniError, CniResult, Code, Dns, Plugin, Request};
 
 use crate::allocator::{self, Owner, Store};
 use crate::config::IpamConfig;
+use crate::dirfd;
 use crate::dns;
 use crate::error::HostLocalError;
 use crate::store::DiskStore;
 
 pub struct HostLocal;
+
+/// resolv.conf is a few lines; glibc reads at most a few kilobytes of it.
+const RESOLV_CONF_CAP: u64 = 64 * 1024;
 
 impl Plugin for HostLocal {
     fn about(&self) -> &str {
@@ -52,12 +56,15 @@ fn add(req: &Request) -> Result<CniResult, HostLocalError> {
     let conf = IpamConfig::load(req)?;
     // Read resolvConf before reserving anything: nothing to undo if it fails.
     let dns = match &conf.resolv_conf {
-        Some(path) => dns::parse(&std::fs::read_to_string(path).map_err(|source| {
-            HostLocalError::ResolvConf {
-                path: path.clone(),
-                source,
-            }
-        })?),
+        Some(path) => {
+            let text = dirfd::read_regular_file(path, RESOLV_CONF_CAP).map_err(|source| {
+                HostLocalError::ResolvConf {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            dns::parse(&String::from_utf8_lossy(&text))
+        }
         None => Dns::default(),
     };
     let mut store = DiskStore::open(&conf.data_dir, &conf.network)?;

@@ -1,5 +1,6 @@
 //! The reservation store on disk, in the reference plugin's exact layout so
-//! that a node can switch between it and us with live containers:
+//! that a node can switch between it and us with live containers, and so that
+//! both can share one store:
 //!
 //! ```text
 //! <dataDir>/<network>/lock                  flock'ed for every operation (the reference takes the same lock)
@@ -8,38 +9,60 @@
 //! ```
 //!
 //! Beside it, `.cnirs/owners/<id>:<ifname>/<ip>` is a hard link to each
-//! reservation we make. It is written and synced first and then linked to
-//! `<ip>`, which fails if the name exists: so reserving is exclusive and a
-//! process killed at any instant leaves either a complete reservation or
-//! none. It also indexes reservations by owner, so finding a container's
-//! addresses reads one small directory instead of every file (the
-//! reference's cost). An index entry counts only while it is the same inode
-//! as `<ip>`: if another program releases or reuses the address, the entry
-//! is stale and ignored. ':' cannot appear in a container id or an interface
-//! name, so `<id>:<ifname>` is unambiguous.
+//! reservation. We write and sync it first and then link it to `<ip>`, which
+//! fails if the name exists: so reserving is exclusive and a process killed
+//! at any instant leaves either a complete reservation or none. It also
+//! indexes reservations by owner, so finding a container's addresses reads
+//! one small directory instead of every file (the reference's cost). An
+//! index entry counts only while it is the same inode as `<ip>`. ':' cannot
+//! appear in a container id or an interface name, so `<id>:<ifname>` is
+//! unambiguous; holders read from files are validated before they name a
+//! directory, so no file's contents can lead a path out of the index.
+//!
+//! Our own steps keep "every reservation has an index entry" true at every
+//! instant. Another program on the store (the reference plugin) does not, so
+//! `.cnirs/seen` records the store directory's state after our last
+//! operation; when it differs on open, someone else changed the store and
+//! the index is rebuilt from the reservation files (their reservations get
+//! entries, stale entries and empty owner directories go).
+//!
+//! Every name is opened relative to the store's directory without following
+//! symlinks ([`crate::dirfd`]), and the store's own directories must not be
+//! symlinks.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::{DirBuilder, File};
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use cni_types::validate;
+
 use crate::allocator::{Owner, Store};
+use crate::dirfd::Dir;
 use crate::error::StoreError;
 
 const LOCK: &str = "lock";
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const OURS: &str = ".cnirs";
 const OWNERS: &str = "owners";
+const SEEN: &str = "seen";
+/// A holder is an id (at most a few hundred bytes) and an interface name.
+const HOLDER_CAP: u64 = 4096;
 
 pub struct DiskStore {
-    dir: PathBuf,
+    path: PathBuf,
+    dir: Dir,
+    ours: Dir,
+    owners: Dir,
+    /// The store directory's state as `.cnirs/seen` recorded it, or as we
+    /// found it after rebuilding the index.
+    seen: String,
+    /// `.cnirs/seen` is on disk and true. Removed before our first change,
+    /// so a process killed amid its changes leaves none, and the next open
+    /// tidies after it.
+    sealed: bool,
     /// Held (flock'ed) for as long as the store is open.
     _lock: File,
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |e| StoreError::new(op, path, e)
 }
 
 /// What a reservation file says about its holder.
@@ -68,182 +91,294 @@ fn holder_text(owner: &Owner) -> String {
     )
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+/// The index directory of `owner`, if its id and interface are names the
+/// spec allows (anything else is not an attachment and names no directory).
+fn owner_dir_name(owner: &Owner) -> Option<String> {
+    validate::container_id(&owner.id).ok()?;
+    let ifname = owner.ifname.as_deref().unwrap_or("");
+    if !ifname.is_empty() {
+        validate::interface_name(ifname).ok()?;
     }
+    Some(format!("{}:{ifname}", owner.id))
+}
+
+/// The directory's state: any entry added, removed or renamed changes it.
+fn fingerprint(meta: &std::fs::Metadata) -> String {
+    format!(
+        "{} {} {}.{} {}.{}",
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 impl DiskStore {
     /// Open (creating it if needed) the store of `network` and take its lock.
     pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore, StoreError> {
-        let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
-        lock.lock().map_err(io("lock", &lock_path))?;
-        Ok(DiskStore { dir, _lock: lock })
+        let path = data_dir.join(network);
+        let at = |op, name: &str| {
+            let p = path.join(name);
+            move |e| StoreError::new(op, p, e)
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(data_dir)
+            .map_err(|e| StoreError::new("create", data_dir, e))?;
+        let dir = Dir::open(data_dir)
+            .and_then(|d| d.subdir(network, true))
+            .map_err(|e| StoreError::new("open", &path, e))?;
+        let lock = dir.open_rw(LOCK).map_err(at("open", LOCK))?;
+        lock.lock().map_err(at("lock", LOCK))?;
+        let ours = dir.subdir(OURS, true).map_err(at("open", OURS))?;
+        let owners = ours.subdir(OWNERS, true).map_err(at("open", OURS))?;
+        let seen = ours
+            .read(SEEN, 256)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let mut store = DiskStore {
+            path,
+            dir,
+            ours,
+            owners,
+            seen,
+            sealed: true,
+            _lock: lock,
+        };
+        if store.seen != store.now()? {
+            store.sealed = false;
+            store.reindex()?;
+            store.seen = store.now()?;
+        }
+        Ok(store)
     }
 
-    fn ip_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(ip.to_string())
+    /// Called before each change of ours.
+    fn unseal(&mut self) -> Result<(), StoreError> {
+        if self.sealed {
+            let path = format!("{OURS}/{SEEN}");
+            self.ours.remove(SEEN).map_err(self.err("remove", &path))?;
+            self.sealed = false;
+        }
+        Ok(())
     }
 
-    fn owner_dir(&self, owner: &Owner) -> PathBuf {
-        let name = format!(
-            "{}:{}",
-            owner.id.trim(),
-            owner.ifname.as_deref().unwrap_or("")
-        );
-        self.dir.join(OURS).join(OWNERS).join(name)
+    fn now(&self) -> Result<String, StoreError> {
+        let meta = self
+            .dir
+            .metadata()
+            .map_err(|e| StoreError::new("stat", &self.path, e))?;
+        Ok(fingerprint(&meta))
+    }
+
+    fn err(&self, op: &'static str, name: &str) -> impl FnOnce(std::io::Error) -> StoreError {
+        let p = self.path.join(name);
+        move |e| StoreError::new(op, p, e)
     }
 
     fn holder(&self, ip: IpAddr) -> Option<Owner> {
-        fs::read_to_string(self.ip_path(ip))
-            .ok()
-            .map(|c| parse_holder(&c))
+        let bytes = self.dir.read(&ip.to_string(), HOLDER_CAP).ok()??;
+        Some(parse_holder(&String::from_utf8_lossy(&bytes)))
+    }
+
+    /// Is `odir/name` the reservation `name` in the store (same inode)?
+    fn is_current(&self, odir: &Dir, name: &str) -> bool {
+        name.parse::<IpAddr>().is_ok()
+            && odir
+                .id(name)
+                .is_some_and(|id| self.dir.id(name) == Some(id))
     }
 
     /// Addresses whose reservation file exists, read from names alone.
     pub fn held_names(&self) -> Result<Vec<IpAddr>, StoreError> {
-        let entries = fs::read_dir(&self.dir).map_err(io("list", &self.dir))?;
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<IpAddr>().ok())
-            })
+        Ok(self
+            .dir
+            .names()
+            .map_err(self.err("list", ""))?
+            .into_iter()
+            .filter_map(|n| n.parse::<IpAddr>().ok())
             .collect())
     }
 
     /// Show that the store can be written: STATUS asks this.
     pub fn probe_writable(&self) -> Result<(), StoreError> {
-        let ours = self.dir.join(OURS);
-        fs::create_dir_all(&ours).map_err(io("create", &ours))?;
-        let probe = ours.join("status-probe");
-        fs::write(&probe, b"ok").map_err(io("write", &probe))?;
-        fs::remove_file(&probe).map_err(io("remove", &probe))
+        let probe = "status-probe";
+        let path = format!("{OURS}/{probe}");
+        self.ours.remove(probe).map_err(self.err("remove", &path))?;
+        self.ours
+            .create_new(probe, b"ok", false)
+            .map_err(self.err("write", &path))?;
+        self.ours.remove(probe).map_err(self.err("remove", &path))
     }
 
-    /// Remove index entries that no longer match a reservation (the address
-    /// was released or reused by another program, or a process died between
-    /// writing the entry and linking it), and owner directories left empty.
-    pub fn tidy(&self) -> Result<(), StoreError> {
-        let owners = self.dir.join(OURS).join(OWNERS);
-        let dirs = match fs::read_dir(&owners) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::new("list", &owners, e)),
-        };
-        for d in dirs.filter_map(|e| e.ok()) {
-            let odir = d.path();
-            for entry in fs::read_dir(&odir)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok())
-            {
-                let keep = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<IpAddr>().ok())
-                    .is_some_and(|ip| same_file(&entry.path(), &self.ip_path(ip)));
-                if !keep {
-                    let _ = fs::remove_file(entry.path());
+    /// Bring the index in line with the reservation files: an entry for
+    /// every reservation whose holder is a valid attachment, no entry that is
+    /// not a current reservation, no empty or foreign owner directory.
+    pub fn tidy(&mut self) -> Result<(), StoreError> {
+        self.unseal()?;
+        self.reindex()?;
+        self.seen = self.now()?;
+        Ok(())
+    }
+
+    fn reindex(&self) -> Result<(), StoreError> {
+        let owners_path = format!("{OURS}/{OWNERS}");
+        for name in self
+            .owners
+            .names()
+            .map_err(self.err("list", &owners_path))?
+        {
+            if !self.owners.is_dir(&name) {
+                let _ = self.owners.remove(&name);
+                continue;
+            }
+            let Ok(odir) = self.owners.subdir(&name, false) else {
+                continue;
+            };
+            for entry in odir.names().unwrap_or_default() {
+                if !self.is_current(&odir, &entry) {
+                    let _ = odir.remove(&entry);
                 }
             }
-            let _ = fs::remove_dir(&odir); // fails while it still holds entries
+            self.owners.remove_empty_dir(&name);
+        }
+        for ip in self.held_names()? {
+            let Some(dname) = self.holder(ip).as_ref().and_then(owner_dir_name) else {
+                continue;
+            };
+            let name = ip.to_string();
+            let odir = self
+                .owners
+                .subdir(&dname, true)
+                .map_err(self.err("create", &format!("{owners_path}/{dname}")))?;
+            if !self.is_current(&odir, &name) {
+                let _ = odir.remove(&name);
+                // Gone meanwhile or not a regular file: nothing to index.
+                let _ = self.dir.link(&name, &odir, &name);
+            }
         }
         Ok(())
     }
 
     fn write_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), StoreError> {
-        // Written aside and renamed over, so it is never seen half written.
         let name = format!("{LAST_RESERVED}{set}");
-        let tmp = self.dir.join(OURS).join(format!("{name}.tmp"));
-        fs::write(&tmp, ip.to_string()).map_err(io("write", &tmp))?;
-        let dst = self.dir.join(name);
-        fs::rename(&tmp, &dst).map_err(io("rename", &dst))
+        self.dir
+            .replace(
+                &name,
+                ip.to_string().as_bytes(),
+                &self.ours,
+                &format!("{name}.tmp"),
+            )
+            .map_err(self.err("write", &name))
     }
 
-    /// Scan every reservation file for `owner`'s: the reference's way, needed
-    /// for reservations that another program made.
-    fn scan(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|(_, h)| h.covers(owner))
-            .map(|(ip, _)| ip)
-            .collect())
+    /// Undo a reservation of ours whose step after the link failed.
+    fn unreserve(&self, odir: &Dir, dname: &str, name: &str) {
+        let _ = self.dir.remove(name);
+        let _ = odir.remove(name);
+        self.owners.remove_empty_dir(dname);
+    }
+}
+
+impl Drop for DiskStore {
+    /// Record the directory's state after our operations (still under the
+    /// lock): the next open trusts the index while nobody else changed it.
+    fn drop(&mut self) {
+        if let Ok(now) = self.now()
+            && (now != self.seen || !self.sealed)
+        {
+            let _ = self
+                .ours
+                .replace(SEEN, now.as_bytes(), &self.ours, "seen.tmp");
+        }
     }
 }
 
 impl Store for DiskStore {
     fn reserve(&mut self, owner: &Owner, ip: IpAddr, set: usize) -> Result<bool, StoreError> {
-        let target = self.ip_path(ip);
+        let name = ip.to_string();
         // Cheap test first: most addresses round-robin passes over are taken.
-        if fs::symlink_metadata(&target).is_ok() {
+        if self.dir.exists(&name) {
             return Ok(false);
         }
-        let odir = self.owner_dir(owner);
-        fs::create_dir_all(&odir).map_err(io("create", &odir))?;
-        let entry = odir.join(ip.to_string());
-        let written = File::create(&entry)
-            .and_then(|mut f| {
-                f.write_all(holder_text(owner).as_bytes())?;
-                f.sync_data()
-            })
-            .map_err(io("write", &entry));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&entry);
-            return Err(e);
-        }
-        match fs::hard_link(&entry, &target) {
-            Ok(()) => {
-                self.write_last_reserved(set, ip)?;
-                Ok(true)
-            }
+        let dname = owner_dir_name(owner).ok_or_else(|| {
+            StoreError::new(
+                "reserve",
+                self.path.join(&name),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid holder"),
+            )
+        })?;
+        let entry_path = format!("{OURS}/{OWNERS}/{dname}/{name}");
+        self.unseal()?;
+        let odir = self
+            .owners
+            .subdir(&dname, true)
+            .map_err(self.err("create", &entry_path))?;
+        // An entry left by a killed process is stale (the address is free).
+        odir.remove(&name)
+            .map_err(self.err("remove", &entry_path))?;
+        odir.create_new(&name, holder_text(owner).as_bytes(), true)
+            .map_err(self.err("write", &entry_path))?;
+        match odir.link(&name, &self.dir, &name) {
+            Ok(()) => {}
             Err(e) => {
-                let _ = fs::remove_file(&entry);
-                if e.kind() == ErrorKind::AlreadyExists {
+                let _ = odir.remove(&name);
+                self.owners.remove_empty_dir(&dname);
+                return if e.kind() == std::io::ErrorKind::AlreadyExists {
                     Ok(false)
                 } else {
-                    Err(StoreError::new("reserve", target, e))
-                }
+                    Err(StoreError::new("reserve", self.path.join(&name), e))
+                };
             }
         }
+        if let Err(e) = self.write_last_reserved(set, ip) {
+            self.unreserve(&odir, &dname, &name);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     fn last_reserved(&mut self, set: usize) -> Result<Option<IpAddr>, StoreError> {
-        let path = self.dir.join(format!("{LAST_RESERVED}{set}"));
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(s.trim().parse().ok()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::new("read", path, e)),
-        }
+        let name = format!("{LAST_RESERVED}{set}");
+        let bytes = self.dir.read(&name, 64).map_err(self.err("read", &name))?;
+        Ok(bytes.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
     }
 
     fn indexed(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
-        let odir = self.owner_dir(owner);
-        let entries = match fs::read_dir(&odir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::new("list", odir, e)),
+        // Also the id-only holders old reference versions wrote.
+        let id_only = Owner {
+            id: owner.id.clone(),
+            ifname: None,
         };
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let ip = e.file_name().to_str()?.parse::<IpAddr>().ok()?;
-                same_file(&e.path(), &self.ip_path(ip)).then_some(ip)
-            })
-            .collect())
+        let mut out = Vec::new();
+        for who in [owner, &id_only] {
+            let Some(dname) = owner_dir_name(who) else {
+                continue;
+            };
+            let Ok(odir) = self.owners.subdir(&dname, false) else {
+                continue;
+            };
+            for name in odir.names().unwrap_or_default() {
+                match name.parse::<IpAddr>() {
+                    Ok(ip) if self.is_current(&odir, &name) => out.push(ip),
+                    // Stale: released or replaced by another program, or
+                    // written by a process killed before it linked it.
+                    _ => {
+                        let _ = odir.remove(&name);
+                    }
+                }
+            }
+            self.owners.remove_empty_dir(&dname);
+            if owner.ifname.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn find(&mut self, owner: &Owner, hints: &[IpAddr]) -> Result<Vec<IpAddr>, StoreError> {
@@ -253,29 +388,21 @@ impl Store for DiskStore {
                 ips.push(*hint);
             }
         }
-        if ips.is_empty() {
-            ips = self.scan(owner)?;
-        }
         Ok(ips)
     }
 
     fn release(&mut self, ip: IpAddr) -> Result<(), StoreError> {
-        let target = self.ip_path(ip);
-        let entry = self
-            .holder(ip)
-            .map(|h| self.owner_dir(&h).join(ip.to_string()));
+        let name = ip.to_string();
+        let dname = self.holder(ip).as_ref().and_then(owner_dir_name);
+        self.unseal()?;
         // The reservation first: once it is gone the address is free, and a
         // leftover index entry is recognised as stale.
-        match fs::remove_file(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::new("remove", target, e)),
-        }
-        if let Some(entry) = entry {
-            let _ = fs::remove_file(&entry);
-            if let Some(odir) = entry.parent() {
-                let _ = fs::remove_dir(odir);
-            }
+        self.dir.remove(&name).map_err(self.err("remove", &name))?;
+        if let Some(dname) = dname
+            && let Ok(odir) = self.owners.subdir(&dname, false)
+        {
+            let _ = odir.remove(&name);
+            self.owners.remove_empty_dir(&dname);
         }
         Ok(())
     }
@@ -309,5 +436,27 @@ mod tests {
             }
         );
         assert_eq!(holder_text(&Owner::new("abc", "eth0")), "abc\r\neth0");
+    }
+
+    #[test]
+    fn only_valid_holders_name_an_index_directory() {
+        assert_eq!(
+            owner_dir_name(&Owner::new("abc", "eth0")).as_deref(),
+            Some("abc:eth0")
+        );
+        for (id, ifname) in [
+            ("../../etc", "eth0"),
+            ("abc", "../x"),
+            ("a/b", "eth0"),
+            (".", "eth0"),
+            ("abc", "eth0/.."),
+            ("", "eth0"),
+        ] {
+            assert_eq!(
+                owner_dir_name(&Owner::new(id, ifname)),
+                None,
+                "{id} {ifname}"
+            );
+        }
     }
 }

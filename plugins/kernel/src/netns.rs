@@ -5,8 +5,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{OFlag, open};
 use nix::sched::{CloneFlags, setns};
-use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
+use nix::sys::stat::Mode;
+use nix::sys::statfs::{NSFS_MAGIC, fstatfs, statfs};
 
 use crate::error::{KernelError, Result};
 use crate::netlink::Netlink;
@@ -19,26 +21,48 @@ pub struct Netns {
 
 impl Netns {
     /// Open a namespace such as `/run/netns/x` or `/proc/<pid>/ns/net`.
+    ///
+    /// The path comes from the runtime's environment, so it is checked before
+    /// anything is opened: a FIFO would block the open forever and a device
+    /// file has effects of its own. Only a network namespace is accepted
+    /// (code 4 for anything else: a file, a mount namespace, /proc/version).
     pub fn open(path: impl AsRef<Path>) -> Result<Netns> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| match source.kind() {
+        let io = |source: std::io::Error| match source.kind() {
             std::io::ErrorKind::NotFound => KernelError::NetnsNotFound(path.clone()),
             _ => KernelError::Netns {
                 path: path.clone(),
                 source,
             },
-        })?;
-        // A bind-mounted namespace lives on nsfs; /proc/<pid>/ns/net on older
-        // kernels reports procfs. Anything else (a regular file, a directory)
-        // would make setns fail later with a less useful error.
-        let magic = fstatfs(&file)
-            .map_err(|e| KernelError::Netns {
-                path: path.clone(),
-                source: e.into(),
-            })?
-            .filesystem_type();
-        if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
+        };
+        // stat and statfs look at the file without opening it.
+        let meta = std::fs::metadata(&path).map_err(io)?;
+        let on_nsfs = statfs(&path).map_err(|e| io(e.into()))?.filesystem_type() == NSFS_MAGIC;
+        if !meta.is_file() || !on_nsfs {
             return Err(KernelError::NotANetns(path));
+        }
+        let file = File::from(
+            open(
+                &path,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+                Mode::empty(),
+            )
+            .map_err(|e| io(e.into()))?,
+        );
+        // What was opened is what was looked at (not swapped meanwhile) ...
+        if fstatfs(&file).map_err(|e| io(e.into()))?.filesystem_type() != NSFS_MAGIC {
+            return Err(KernelError::NotANetns(path));
+        }
+        // ... and a network namespace. procfs names a namespace opened
+        // through /proc/<pid>/ns by its type ("net:[...]"); one opened through
+        // a bind mount reads as its path, and setns, which checks the type,
+        // decides on first use (`run`).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+            let target = target.as_os_str().as_encoded_bytes();
+            if !target.starts_with(b"/") && !target.starts_with(b"net:[") {
+                return Err(KernelError::NotANetns(path));
+            }
         }
         Ok(Netns { file, path })
     }
@@ -67,11 +91,13 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    KernelError::Netns {
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    // Another kind of namespace.
+                    nix::errno::Errno::EINVAL => KernelError::NotANetns(self.path.clone()),
+                    e => KernelError::Netns {
                         path: self.path.clone(),
                         source: e.into(),
-                    }
+                    },
                 })?;
                 Ok(f())
             })
