@@ -32,9 +32,12 @@ impl CniArgs {
         Ok(CniArgs { pairs })
     }
 
+    /// The value of `key`; when it is given more than once, the last one, as
+    /// the reference reads `IP=a;IP=b` (later fields overwrite earlier).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
@@ -83,6 +86,9 @@ mod tests {
         assert_eq!(CniArgs::parse("").unwrap().pairs().len(), 0);
         // a value may itself hold '='
         assert_eq!(CniArgs::parse("X=a=b").unwrap().get("X"), Some("a=b"));
+        // the last of a repeated key counts, as in the reference
+        let twice = CniArgs::parse("IP=10.0.0.5;IP=10.0.0.6").unwrap();
+        assert_eq!(twice.get("IP"), Some("10.0.0.6"));
     }
 
     #[test]

@@ -80,7 +80,18 @@ pub fn exec(
     env: &InvokeEnv,
     stdin: &[u8],
 ) -> Result<Vec<u8>, CniError> {
+    exec_with(binary, command, env, stdin, &[])
+}
+
+fn exec_with(
+    binary: &Path,
+    command: Command,
+    env: &InvokeEnv,
+    stdin: &[u8],
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>, CniError> {
     let mut p = Process::new(binary);
+    p.envs(extra.iter().map(|(k, v)| (k, v)));
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CNI_") {
             p.env_remove(k);
@@ -153,12 +164,58 @@ pub fn delegate(
     stdin: &[u8],
     version: Version,
 ) -> Result<Option<CniResult>, CniError> {
-    let binary = find_plugin(ipam_type, &env.path)?;
-    let out = exec(&binary, command, &InvokeEnv::from_env(env), stdin)?;
+    let binary = delegate_target(ipam_type, &env.path)?;
+    let extra = [(DELEGATION_DEPTH, (delegation_depth() + 1).to_string())];
+    let out = exec_with(&binary, command, &InvokeEnv::from_env(env), stdin, &extra)?;
     match command {
         Command::Add => decode_result(&out, version).map(Some),
         _ => Ok(None),
     }
+}
+
+/// The binary `delegate` would run for `ipam_type`, or why it must not:
+/// missing, this very plugin (its IPAM would be itself, without end), or
+/// too deep a chain of delegations. Plugins ask this before they change
+/// anything.
+pub fn delegate_target(ipam_type: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    let binary = find_plugin(ipam_type, path)?;
+    let refuse = |why: String| {
+        Err(CniError::invalid_config(format!(
+            "ipam type {ipam_type:?} {why}"
+        )))
+    };
+    if is_this_program(&binary) {
+        return refuse("is this plugin itself".into());
+    }
+    let depth = delegation_depth();
+    if depth >= MAX_DELEGATION_DEPTH {
+        return refuse(format!(
+            "would be delegated to {} levels deep: plugins name each other as IPAM",
+            depth + 1
+        ));
+    }
+    Ok(binary)
+}
+
+/// How many delegations deep this process runs, passed down to delegates so
+/// that plugins naming each other as IPAM cannot recurse without bound (one
+/// process per level until fork fails).
+const DELEGATION_DEPTH: &str = "CNIRS_DELEGATION_DEPTH";
+const MAX_DELEGATION_DEPTH: u32 = 4;
+
+fn delegation_depth() -> u32 {
+    std::env::var(DELEGATION_DEPTH)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Is `binary` the file this process runs (through any link or copy path)?
+fn is_this_program(binary: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let me = std::env::current_exe().ok();
+    matches!((id(binary), me.as_deref().and_then(id)), (Some(a), Some(b)) if a == b)
 }
 
 #[cfg(test)]

@@ -230,6 +230,9 @@ fn del_variants_are_idempotent_and_release_everything() {
     assert_eq!(w.reservations(), 0);
     let t = w.host.nft_table("inet", "cni-rs").unwrap();
     assert!(!t.to_string().contains("ctr-a"), "{t}");
+    // Its host veth carried its owner, so it went too (and the pair with it).
+    assert!(w.links_of_type("veth").is_empty());
+    assert!(a.link_names().iter().all(|l| l != "eth0"));
 
     // A namespace that is gone: its veth went with it.
     let b = Netns::new("brb");
@@ -250,6 +253,81 @@ fn del_variants_are_idempotent_and_release_everything() {
         cni_tests::wait_for(|| w.links_of_type("veth").is_empty()),
         "veth left after its namespace went"
     );
+}
+
+/// DEL without a namespace trusts the prevResult for the host veth's name,
+/// but deletes only a veth whose alias names this very attachment: a
+/// prevResult naming another container's veth leaves that one alone.
+#[test]
+fn del_without_netns_deletes_only_its_own_veth() {
+    let w = World::new();
+    let c = w.conf("1.0.0", json!({}));
+    let (x, y) = (Netns::new("brx"), Netns::new("bry"));
+    w.add(&x, "ctr-x", &c);
+    let ry = w.add(&y, "ctr-y", &c);
+    let host_of = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let y_veth = host_of(&ry);
+    let alias = |name: &str| w.host.ip_json(&["-d", "link", "show", name])[0]["ifalias"].clone();
+    assert_eq!(alias(&y_veth), json!("cni-rs brnet/ctr-y/eth0"));
+    // X's DEL, fed Y's result: X's address goes, Y's veth stays.
+    let mut forged = c.clone();
+    forged["prevResult"] = ry.clone();
+    w.call("DEL", "ctr-x", &forged)
+        .var("CNI_NETNS", Some(""))
+        .run()
+        .silent_success();
+    assert!(w.host.link_names().contains(&y_veth));
+    assert_eq!(y.link_names().len(), 2, "{:?}", y.link_names());
+    assert!(y.ping(&w.ip(1)), "Y lost its network");
+    // The same for another interface name of Y, and another network name.
+    let mut other = forged.clone();
+    other["name"] = json!("othernet");
+    w.call("DEL", "ctr-y", &other)
+        .var("CNI_NETNS", Some(""))
+        .run()
+        .silent_success();
+    w.call("DEL", "ctr-y", &forged)
+        .var("CNI_NETNS", Some(""))
+        .var("CNI_IFNAME", Some("eth1"))
+        .run()
+        .silent_success();
+    assert!(w.host.link_names().contains(&y_veth));
+    // Y's own DEL without a namespace deletes it.
+    w.call("DEL", "ctr-y", &forged)
+        .var("CNI_NETNS", Some(""))
+        .run()
+        .silent_success();
+    assert!(!w.host.link_names().contains(&y_veth));
+}
+
+/// An IPAM type that is bridge itself (by name, or a link to the same
+/// binary) would delegate without end: refused with 7 before anything is
+/// created.
+#[test]
+fn ipam_naming_the_plugin_itself_is_refused() {
+    let w = World::new();
+    let bin = TempDir::new("brself");
+    std::os::unix::fs::symlink(cni_tests::binary("bridge"), bin.path().join("mybridge")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        cni_tests::bin_dir().display()
+    );
+    let ns = Netns::new("brs");
+    for ty in ["bridge", "mybridge"] {
+        let mut c = w.conf("1.0.0", json!({}));
+        c["ipam"]["type"] = json!(ty);
+        let e = w
+            .call("ADD", "ctr-s", &c)
+            .var("CNI_PATH", Some(&path))
+            .netns(&ns)
+            .within(std::time::Duration::from_secs(10))
+            .run()
+            .error(7);
+        assert!(e["msg"].as_str().unwrap().contains("itself"), "{e}");
+        assert_eq!(w.host.link_names(), ["lo"]);
+        assert_eq!(ns.link_names(), ["lo"]);
+    }
 }
 
 #[test]
@@ -516,6 +594,44 @@ fn layer2_only_and_disabled_container_interface() {
         .netns(&Netns::new("brb"))
         .run()
         .error(7);
+}
+
+/// The reference's "3 subnets" case: two IPv6 range sets. One default route
+/// per family, via the first gateway of that family; and a default route
+/// IPAM sets itself is kept, not an error.
+#[test]
+fn is_default_gateway_with_two_sets_of_one_family() {
+    let w = World::new();
+    let a = Netns::new("bra");
+    let mut c = w.conf("1.0.0", json!({"isDefaultGateway": true}));
+    c["ipam"] = json!({
+        "type": "host-local",
+        "dataDir": w.store.path(),
+        "ranges": [
+            [{"subnet": w.subnet()}],
+            [{"subnet": format!("fd00:{}::/64", w.n)}],
+            [{"subnet": format!("2001:db8:{}::/64", w.n)}]
+        ]
+    });
+    let r = w.add(&a, "ctr-a", &c);
+    assert_eq!(
+        r["routes"],
+        json!([
+            {"dst": "0.0.0.0/0", "gw": w.ip(1)},
+            {"dst": "::/0", "gw": format!("fd00:{}::1", w.n)}
+        ])
+    );
+    let v6 = a.ip_json(&["-6", "route", "show", "default"]);
+    assert_eq!(v6.as_array().unwrap().len(), 1, "{v6}");
+    assert_eq!(v6[0]["gateway"], format!("fd00:{}::1", w.n));
+    w.call("DEL", "ctr-a", &c).netns(&a).run().silent_success();
+
+    // IPAM's own default route wins.
+    c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0", "gw": w.ip(254)}]);
+    let r = w.add(&a, "ctr-a", &c);
+    assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": w.ip(254)}));
+    assert_eq!(r["routes"].as_array().unwrap().len(), 2, "{r}");
+    w.call("DEL", "ctr-a", &c).netns(&a).run().silent_success();
 }
 
 #[test]

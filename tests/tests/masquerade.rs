@@ -578,8 +578,19 @@ fn available_and_unusable_owners() {
     let ns = TestNs::new("msq");
     within(&ns, masquerade::available).unwrap();
 
+    // A long network (the reference accepts 185 bytes with 64-byte ids)
+    // is named by its digest in chain names: it works like any other.
     let long = "n".repeat(240);
-    let o = owner(&long, "0123456789abcdef", "eth0");
+    let id = "f".repeat(64);
+    let o = owner(&long, &id, "eth0");
+    within(&ns, || masquerade::add(&o, &nets(&["10.1.0.5/16"]))).unwrap();
+    assert!(installed(&ns, &o).is_some());
+    assert_eq!(owners(&ns, &long), [(id.clone(), "eth0".to_string())]);
+    del(&ns, &o);
+    assert_eq!(installed(&ns, &o), None);
+    // An id too long even then cannot be installed.
+    let long_id = "c".repeat(240);
+    let o = owner(&long, &long_id, "eth0");
     let e = within(&ns, || masquerade::add(&o, &nets(&["10.1.0.5/16"]))).unwrap_err();
     assert!(
         matches!(

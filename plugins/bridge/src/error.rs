@@ -1,5 +1,3 @@
-use std::net::IpAddr;
-
 use cni_kernel::KernelError;
 use cni_types::{CniError, Code};
 
@@ -19,8 +17,6 @@ pub enum BridgeError {
     BridgeAddress { bridge: String, want: String },
     #[error("the IPAM plugin returned no IP addresses")]
     NoAddresses,
-    #[error("isDefaultGateway is ineffective: IPAM already sets a default route via {0}")]
-    DefaultRouteConflict(IpAddr),
     #[error("{0}")]
     Drift(String),
     #[error("container interface {0:?} has no Ethernet address to enforce")]
@@ -45,9 +41,7 @@ impl From<BridgeError> for CniError {
                 };
                 return k.into();
             }
-            BridgeError::NotABridge(_)
-            | BridgeError::BridgeAddress { .. }
-            | BridgeError::DefaultRouteConflict(_) => Code::INVALID_CONFIG,
+            BridgeError::NotABridge(_) | BridgeError::BridgeAddress { .. } => Code::INVALID_CONFIG,
             BridgeError::InterfaceExists(_) => Code(100),
             BridgeError::NoVlanFiltering | BridgeError::NoMac(_) => Code::IO_FAILURE,
             BridgeError::Drift(_) => Code(101),

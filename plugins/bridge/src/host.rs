@@ -5,7 +5,7 @@ use std::io::Read;
 use std::net::IpAddr;
 
 use cni_kernel::packet_route::link::{InfoKind, LinkFlags};
-use cni_kernel::{Link, Netlink, Netns, sysctl};
+use cni_kernel::{Link, Netlink, Netns, NftOwner, sysctl};
 use cni_types::IpConfig;
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
@@ -89,10 +89,33 @@ pub fn create_veth(
     Err(last.expect("five attempts failed").into())
 }
 
-/// Attach the host end to the bridge with its port flags and VLANs, then
-/// bring it up.
-pub fn attach(nl: &mut Netlink, conf: &BridgeConf, br: &Link, veth: &Link) -> Result<()> {
-    nl.set_controller(veth.index, br.index)?;
+/// What the host end's alias says: whose attachment it is. DEL without a
+/// namespace deletes a host veth only when it carries its own owner. An
+/// alias holds 255 bytes; a longer owner is named by its digest.
+pub fn veth_alias(owner: &NftOwner) -> String {
+    let full = format!(
+        "cni-rs {}/{}/{}",
+        owner.network, owner.container_id, owner.ifname
+    );
+    if full.len() <= 255 {
+        return full;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(full.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cni-rs sha256:{hex}")
+}
+
+/// Attach the host end to the bridge with its port flags, its owner alias
+/// and VLANs, then bring it up.
+pub fn attach(
+    nl: &mut Netlink,
+    conf: &BridgeConf,
+    br: &Link,
+    veth: &Link,
+    owner: &NftOwner,
+) -> Result<()> {
+    nl.set_controller(veth.index, br.index, &veth_alias(owner))?;
     if conf.hairpin_mode || conf.port_isolation {
         nl.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)?;
     }

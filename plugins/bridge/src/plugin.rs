@@ -70,6 +70,10 @@ struct Done {
 
 fn add(req: &Request) -> Result<CniResult> {
     let conf = BridgeConf::load(req)?;
+    if let Some(ipam) = conf.net.ipam.as_ref().filter(|_| conf.is_layer3()) {
+        // Before anything changes: an IPAM plugin that cannot be run.
+        cni_types::invoke::delegate_target(&ipam.plugin_type, &req.env.path)?;
+    }
     let netns = Netns::open(req.netns()?)?;
     let mut host_nl = Netlink::open()?;
     let mut done = Done::default();
@@ -106,7 +110,7 @@ fn add_steps(
     }
     let veth = host::create_veth(nl, netns, conf, ifname)?;
     done.host_veth = Some(veth.index);
-    host::attach(nl, conf, &br, &veth)?;
+    host::attach(nl, conf, &br, &veth, &owner(conf, req))?;
 
     let mut result = CniResult::default();
     if conf.is_layer3() {
@@ -126,7 +130,7 @@ fn add_steps(
         result.routes = r.routes;
         result.dns = r.dns;
         if conf.is_default_gateway {
-            add_default_routes(&result.ips, &mut result.routes)?;
+            add_default_routes(&result.ips, &mut result.routes);
         }
     }
     if let Some(dns) = conf.net.dns.as_ref().filter(|d| !d.is_empty()) {
@@ -188,9 +192,9 @@ fn interface(l: &Link, sandbox: Option<&Path>) -> Interface {
     }
 }
 
-/// isDefaultGateway: a default route via the gateway of each family, unless
-/// IPAM already routes the default the same way.
-fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
+/// isDefaultGateway: a default route via the gateway of the first address of
+/// each family, unless the result already has a default route with a gateway.
+fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) {
     for ip in ips {
         let Some(gw) = ip.gateway else { continue };
         let any: IpAddr = if gw.is_ipv4() {
@@ -199,15 +203,12 @@ fn add_default_routes(ips: &[IpConfig], routes: &mut Vec<Route>) -> Result<()> {
             [0u16; 8].into()
         };
         let dst = IpNetwork::new(any, 0).expect("prefix 0");
-        match routes.iter().find(|r| r.dst == dst) {
-            Some(r) if r.gw.is_some_and(|g| g != gw) => {
-                return Err(BridgeError::DefaultRouteConflict(r.gw.expect("checked")));
-            }
-            Some(_) => {}
-            None => routes.push(Route::new(dst, Some(gw))),
+        // As the reference: a default route with a gateway already in the
+        // result (IPAM's own, or the first range set's of this family) stays.
+        if !routes.iter().any(|r| r.dst == dst && r.gw.is_some()) {
+            routes.push(Route::new(dst, Some(gw)));
         }
     }
-    Ok(())
 }
 
 /// The attachment's masquerade (for `masq`, if any) and spoof check (for the
@@ -279,7 +280,8 @@ fn del(req: &Request) -> Result<()> {
 }
 
 /// Without a namespace to look in, the previous result still names the host
-/// end: delete it (which deletes the pair) if it is a veth on our bridge.
+/// end: delete it (which deletes the pair) if it is a veth on our bridge
+/// whose alias names this attachment (a prevResult may name anyone's).
 fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
     let Ok(Some(prev)) = req.conf.prev_result() else {
         return Ok(());
@@ -288,6 +290,7 @@ fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
     let Some(br) = nl.link_by_name(&conf.bridge)? else {
         return Ok(());
     };
+    let expected = host::veth_alias(&owner(conf, req));
     for i in prev
         .interfaces
         .iter()
@@ -296,6 +299,7 @@ fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
         if let Some(l) = nl.link_by_name(&i.name)?
             && l.kind == Some(cni_kernel::packet_route::link::InfoKind::Veth)
             && l.controller == Some(br.index)
+            && l.alias.as_deref() == Some(expected.as_str())
         {
             match nl.delete_link(l.index) {
                 Err(e) if !e.is_not_found() => return Err(e.into()),

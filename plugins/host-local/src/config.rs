@@ -58,6 +58,12 @@ pub struct Range {
 impl Range {
     fn canonical(r: &IpRange) -> Result<Range, String> {
         let subnet = r.subnet;
+        // As the reference: an IPv4-mapped IPv6 subnet is neither family's.
+        if let IpNetwork::V6(n) = subnet
+            && n.ip().to_ipv4_mapped().is_some()
+        {
+            return Err(format!("subnet {subnet} is an IPv4-mapped IPv6 network"));
+        }
         let host_bits = if subnet.is_ipv4() { 32 } else { 128 } - u32::from(subnet.prefix());
         if host_bits < 2 {
             return Err(format!("network {subnet} is too small to allocate from"));
@@ -357,6 +363,7 @@ pub mod tests {
         assert!(error(json!({"cniVersion": "1.0.0", "name": "n", "type": "x"})).contains("ipam"));
         assert!(error(with_ipam(json!({}))).contains("no IP ranges"));
         assert!(error(with_ipam(json!({"subnet": "10.0.0.1/24"}))).contains("host bits"));
+        assert!(error(with_ipam(json!({"subnet": "::ffff:10.0.0.0/120"}))).contains("IPv4-mapped"));
         for small in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::/128"] {
             assert!(
                 error(with_ipam(json!({"subnet": small}))).contains("too small"),

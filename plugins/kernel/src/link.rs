@@ -29,6 +29,8 @@ pub struct Link {
     pub controller: Option<u32>,
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer: Option<u32>,
+    /// IFLA_IFALIAS: free text; the plugins mark links they own with it.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -42,6 +44,7 @@ impl Link {
             kind: None,
             controller: None,
             peer: None,
+            alias: None,
         };
         for attr in m.attributes {
             match attr {
@@ -50,6 +53,7 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = Some(a),
                 LinkAttribute::Controller(c) => link.controller = Some(c),
                 LinkAttribute::Link(p) => link.peer = Some(p),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.into_iter().find_map(|i| match i {
                         LinkInfo::Kind(k) => Some(k),
@@ -187,9 +191,11 @@ impl Netlink {
         self.create_link(msg)
     }
 
-    pub fn set_controller(&mut self, index: u32, controller: u32) -> Result<()> {
+    /// Attach a link to a bridge, setting its alias in the same request.
+    pub fn set_controller(&mut self, index: u32, controller: u32, alias: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .controller(controller)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()))
             .build();
         self.execute("attach link", RouteNetlinkMessage::SetLink(msg), 0)
     }

@@ -55,6 +55,11 @@ pub struct NftOwner<'a> {
 /// The chain name of `owner` for rules of kind `prefix` (`what` names the
 /// kind in errors), or why it cannot have one: writing refuses such an
 /// owner, so deleting and reading know there is nothing of it.
+///
+/// `<prefix>/<network>/<container id>/<ifname>`; when that passes the
+/// kernel's 255 bytes (a long network name), the network is replaced by its
+/// digest after an empty segment, `<prefix>//<digest>/<id>/<ifname>`, which
+/// no plain name can look like (a network name is never empty).
 pub fn chain_name(prefix: &str, what: &'static str, owner: &NftOwner) -> Result<String> {
     let parts = [owner.network, owner.container_id, owner.ifname];
     if parts
@@ -70,6 +75,15 @@ pub fn chain_name(prefix: &str, what: &'static str, owner: &NftOwner) -> Result<
         "{prefix}{SEP}{}{SEP}{}{SEP}{}",
         owner.network, owner.container_id, owner.ifname
     );
+    if name.len() <= CHAIN_NAME_MAX {
+        return Ok(name);
+    }
+    let name = format!(
+        "{prefix}{SEP}{}{SEP}{}{SEP}{}",
+        network_digest(owner.network),
+        owner.container_id,
+        owner.ifname
+    );
     if name.len() > CHAIN_NAME_MAX {
         return Err(KernelError::NftNameTooLong {
             what,
@@ -78,6 +92,15 @@ pub fn chain_name(prefix: &str, what: &'static str, owner: &NftOwner) -> Result<
         });
     }
     Ok(name)
+}
+
+/// How a long network name appears in chain names: an empty segment, then
+/// 64 bits of its SHA-256.
+fn network_digest(network: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(network.as_bytes());
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SEP}{hex}")
 }
 
 /// The comment naming `owner` on rules and elements of kind `what`, cut to
@@ -91,12 +114,12 @@ pub fn comment(what: &str, owner: &NftOwner) -> String {
 }
 
 /// The `(container id, ifname)` a chain name of kind `prefix` and of
-/// `network` belongs to.
+/// `network` belongs to (in either form [`chain_name`] writes).
 pub fn parse_chain_name(prefix: &str, name: &str, network: &str) -> Option<(String, String)> {
-    let rest = name
-        .strip_prefix(prefix)?
-        .strip_prefix(SEP)?
-        .strip_prefix(network)?
+    let after_prefix = name.strip_prefix(prefix)?.strip_prefix(SEP)?;
+    let rest = after_prefix
+        .strip_prefix(network)
+        .or_else(|| after_prefix.strip_prefix(network_digest(network).as_str()))?
         .strip_prefix(SEP)?;
     let (cid, ifname) = rest.split_once(SEP)?;
     (!cid.is_empty() && !ifname.is_empty() && !ifname.contains(SEP))
@@ -500,12 +523,27 @@ mod tests {
         let fits = "n".repeat(255 - "test/".len() - 1 - cid.len() - 1 - ifname.len());
         let name = KIND.chain_name(&owner(&fits, cid, ifname)).unwrap();
         assert_eq!(name.len(), 255);
+        // One byte more: the network is named by its digest, and parses back.
         let long = format!("{fits}n");
-        let e = KIND.chain_name(&owner(&long, cid, ifname)).unwrap_err();
+        let name = KIND.chain_name(&owner(&long, cid, ifname)).unwrap();
+        assert!(name.starts_with("test//") && name.len() < 255, "{name}");
+        assert_eq!(
+            KIND.parse_chain_name(&name, &long),
+            Some((cid.into(), ifname.into()))
+        );
+        assert_eq!(KIND.parse_chain_name(&name, &fits), None);
+        // The reference's worst case: a 185-byte network, 64-byte ids.
+        let id = "f".repeat(64);
+        let name = KIND
+            .chain_name(&owner(&"n".repeat(185), &id, "eth0"))
+            .unwrap();
+        assert!(name.len() <= 255);
+        // An id too long even then is refused.
+        let huge = "c".repeat(250);
+        let e = KIND.chain_name(&owner(&long, &huge, ifname)).unwrap_err();
         assert!(matches!(
             e,
             KernelError::NftNameTooLong {
-                len: 256,
                 what: "testing",
                 ..
             }

@@ -83,13 +83,34 @@ pub fn expand(list: &[PortMapping], t: &Targets) -> Result<Vec<Mapping>, CniErro
             if !family_ok {
                 continue;
             }
-            out.push(Mapping {
+            let new = Mapping {
                 proto,
                 host_port: m.host_port as u16,
                 host_ip: host_ip.filter(|h| !h.is_unspecified()),
                 container_ip: target.ip(),
                 container_port: m.container_port as u16,
-            });
+            };
+            // One host port (and address) leads to one place: the same one
+            // twice with different targets is a config error, not a clash
+            // for the kernel to refuse.
+            match out.iter().find(|o: &&Mapping| {
+                (o.proto, o.host_port, o.host_ip, o.container_ip.is_ipv4())
+                    == (
+                        new.proto,
+                        new.host_port,
+                        new.host_ip,
+                        new.container_ip.is_ipv4(),
+                    )
+            }) {
+                Some(o) if *o == new => {}
+                Some(o) => {
+                    return Err(CniError::invalid_config(format!(
+                        "host port {} ({:?}) is mapped twice: to container port {} and {}",
+                        new.host_port, m.protocol, o.container_port, new.container_port
+                    )));
+                }
+                None => out.push(new),
+            }
         }
     }
     Ok(out)
@@ -156,6 +177,20 @@ mod tests {
             Targets::from_result(&ipam, "eth0").v4.unwrap().to_string(),
             "10.1.0.2/24"
         );
+    }
+
+    #[test]
+    fn one_host_port_twice_with_different_targets_is_a_config_error() {
+        let t = Targets::from_result(&prev(), "eth0");
+        let mut a = pm(8080, None, "tcp");
+        let mut b = pm(8080, None, "tcp");
+        b.container_port = 81;
+        let e = expand(&[a.clone(), b.clone()], &t).unwrap_err();
+        assert_eq!(e.code.0, 7, "{e}");
+        // The same mapping twice is just one; another protocol is another port.
+        assert_eq!(expand(&[a.clone(), a.clone()], &t).unwrap().len(), 2);
+        a.protocol = "udp".into();
+        assert_eq!(expand(&[a, b], &t).unwrap().len(), 4);
     }
 
     #[test]
