@@ -436,4 +436,76 @@ mod tests {
         collect(&mut s, &[]).unwrap();
         assert!(s.held.is_empty());
     }
+
+    /// Property: whatever the ranges (several per set, odd sizes, gateways
+    /// inside), requested addresses and interleaving of ADD, DEL and GC, an
+    /// ADD never returns an address someone holds, never a gateway, never
+    /// one outside its set, and one per set; a failed ADD holds nothing.
+    #[test]
+    fn the_allocator_never_returns_a_taken_address() {
+        let mut seed = 0x5eed_u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let layouts = [
+            json!({"ranges": [[{"subnet": "10.0.0.0/29"}]]}),
+            json!({"ranges": [[{"subnet": "10.0.0.0/28", "rangeStart": "10.0.0.3", "rangeEnd": "10.0.0.9", "gateway": "10.0.0.5"}],
+                              [{"subnet": "fd00::/125"}]]}),
+            json!({"ranges": [[{"subnet": "10.0.1.0/30"}, {"subnet": "10.0.2.0/29", "gateway": "10.0.2.6"}],
+                              [{"subnet": "fd01::/126"}, {"subnet": "fd02::/125", "rangeStart": "fd02::4"}]]}),
+        ];
+        let mut checked = 0;
+        for layout in layouts {
+            for round in 0..40 {
+                let mut s = MemStore::default();
+                let mut live: Vec<Owner> = Vec::new();
+                for step in 0..60 {
+                    let who = Owner::new(&format!("c{round}-{step}"), "eth0");
+                    match rnd(10) {
+                        0..=5 => {
+                            let args = if rnd(4) == 0 {
+                                format!("IP=10.0.{}.{}", rnd(3), rnd(16))
+                            } else {
+                                String::new()
+                            };
+                            let conf = load(layout.clone(), &args);
+                            let before = s.held.clone();
+                            match allocate(&mut s, &conf, &who) {
+                                Ok(got) => {
+                                    assert_eq!(got.len(), conf.sets.len());
+                                    for (c, set) in got.iter().zip(&conf.sets) {
+                                        let a = c.address.ip();
+                                        assert!(!before.contains_key(&a), "{a} was taken");
+                                        let r = set.range_for(a).expect("inside its set");
+                                        assert_ne!(a, r.gateway, "a gateway was handed out");
+                                    }
+                                    live.push(who);
+                                }
+                                // A failed ADD leaves the store as it was.
+                                Err(_) => assert_eq!(s.held, before),
+                            }
+                        }
+                        6..=8 if !live.is_empty() => {
+                            let i = rnd(live.len() as u64) as usize;
+                            let gone = live.remove(i);
+                            release(&mut s, &gone, &[]).unwrap();
+                        }
+                        _ => {
+                            live.retain(|_| rnd(3) != 0);
+                            collect(&mut s, &live).unwrap();
+                        }
+                    }
+                    // Every holder is a live owner, each holding one per set.
+                    for o in s.held.values() {
+                        assert!(live.contains(o), "{o:?} holds an address after DEL or GC");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 40 * 60);
+    }
 }

@@ -34,7 +34,8 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(m: LinkMessage) -> Link {
+    /// What a RTM_NEWLINK message says (also for fuzzing the reader).
+    pub fn from_message(m: LinkMessage) -> Link {
         let mut link = Link {
             index: m.header.index,
             name: String::new(),

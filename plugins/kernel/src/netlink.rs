@@ -118,11 +118,17 @@ where
     }
 
     /// The netlink messages of one datagram.
-    fn decode(data: &[u8]) -> Result<Vec<NetlinkMessage<M>>, Failure> {
+    pub fn decode(data: &[u8]) -> Result<Vec<NetlinkMessage<M>>, Failure> {
         let mut out = Vec::new();
         let mut offset = 0;
         while offset < data.len() {
-            let reply = NetlinkMessage::<M>::deserialize(&data[offset..])
+            // The parsers index attributes by the lengths they carry and
+            // some (netlink-packet-netfilter 0.4's data attributes) panic on
+            // a length past the buffer: a malformed reply is an error here,
+            // never a panic.
+            let rest = &data[offset..];
+            let reply = std::panic::catch_unwind(|| NetlinkMessage::<M>::deserialize(rest))
+                .map_err(|_| Failure::Decode("malformed reply (its parser panicked)".into()))?
                 .map_err(|e| Failure::Decode(e.to_string()))?;
             let len = reply.header.length as usize;
             if len == 0 {

@@ -184,7 +184,8 @@ impl NfSocket {
     }
 }
 
-fn nftables(m: NetfilterMessage) -> Option<NfTablesMessage> {
+/// The nf_tables message a netfilter message carries, if it is one.
+pub fn nftables(m: NetfilterMessage) -> Option<NfTablesMessage> {
     match m.inner {
         NetfilterMessageInner::NfTables(m) => Some(m),
         _ => None,
