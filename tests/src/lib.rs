@@ -630,13 +630,16 @@ impl Drop for Server {
 
 /// Connect over TCP from inside `ns` and read the reply; None if refused or silent.
 pub fn tcp_fetch(ns: &Netns, addr: &str) -> Option<String> {
+    tcp_fetch_within(ns, addr, std::time::Duration::from_secs(2))
+}
+
+/// [`tcp_fetch`] with its own timeout for the connection and the reply.
+pub fn tcp_fetch_within(ns: &Netns, addr: &str, limit: std::time::Duration) -> Option<String> {
     let addr: std::net::SocketAddr = addr.parse().expect("socket address");
     in_netns(ns, move || {
         use std::io::Read;
-        let mut c =
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
-        c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .ok()?;
+        let mut c = std::net::TcpStream::connect_timeout(&addr, limit).ok()?;
+        c.set_read_timeout(Some(limit)).ok()?;
         let mut s = String::new();
         c.read_to_string(&mut s).ok()?;
         Some(s)

@@ -34,6 +34,19 @@ fn random_veth_name() -> String {
     format!("veth{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
 }
 
+/// No duplicate address detection on a bridge we create, set before it
+/// first gets carrier. Otherwise its link-local address is still tentative
+/// when the first container's port comes up, and while a device's only
+/// link-local is tentative the kernel sends no neighbour solicitation for
+/// forwarded or DNATed traffic: the first IPv6 connection to a container
+/// waits a second for the retry. Without IPv6 there is nothing to set.
+fn no_dad(bridge: &str) -> Result<()> {
+    match sysctl::write(&format!("net/ipv6/conf/{bridge}/accept_dad"), "0") {
+        Err(e) if !e.is_not_found() => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Find or create the bridge, up, with the settings the config asks for.
 /// Many ADDs may race to create it: losing the race is fine.
 pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link> {
@@ -45,7 +58,7 @@ pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link> {
         Some(l) => l,
         None => {
             match nl.create_bridge(&conf.bridge, random_mac(), conf.mtu, conf.vlans_in_use()) {
-                Ok(()) => {}
+                Ok(()) => no_dad(&conf.bridge)?,
                 Err(e) if e.errno() == Some(Errno::EEXIST) => {}
                 Err(e) => return Err(no_vlans(e)),
             }
