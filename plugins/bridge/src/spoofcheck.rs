@@ -388,8 +388,15 @@ mod tests {
             Some(("ctr-1".into(), "eth0".into()))
         );
         assert_eq!(parse("masq/net1/ctr-1/eth0"), None);
+        // A long network is named by its digest; an id too long still fails.
         let long = "n".repeat(250);
-        let e = name(&owner(&long, "c", "eth0")).unwrap_err();
+        assert!(
+            name(&owner(&long, "c", "eth0"))
+                .unwrap()
+                .starts_with("spoof//")
+        );
+        let long_id = "c".repeat(250);
+        let e = name(&owner(&long, &long_id, "eth0")).unwrap_err();
         assert!(e.to_string().contains("too long for macspoofchk"), "{e}");
     }
 

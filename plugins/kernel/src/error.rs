@@ -34,7 +34,7 @@ pub enum KernelError {
     /// An owner whose chain name would not fit; `what` names the kind of
     /// rules (masquerade, macspoofchk).
     #[error(
-        "network name {network:?} is too long for {what}: its chain name would be {len} bytes, at most 255"
+        "names too long for {what}: with network {network:?}, even a digest of it, the container id and interface make a chain name of {len} bytes, at most 255"
     )]
     NftNameTooLong {
         what: &'static str,

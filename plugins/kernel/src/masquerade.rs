@@ -500,7 +500,8 @@ mod tests {
             "cni-rs masquerade: net1 ctr-1 eth0"
         );
         let long = "n".repeat(250);
-        let e = owner_chain::chain_name(PREFIX, WHAT, &owner(&long, "c", "eth0")).unwrap_err();
+        let long_id = "c".repeat(250);
+        let e = owner_chain::chain_name(PREFIX, WHAT, &owner(&long, &long_id, "eth0")).unwrap_err();
         assert!(e.to_string().contains("too long for masquerade"), "{e}");
         // Tags: one per chain name.
         let tag = owner_chain::owner_tag(&chain);
