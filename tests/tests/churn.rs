@@ -29,21 +29,27 @@ struct Node {
     store: TempDir,
     bridge: String,
     subnet: &'static str,
+    network: String,
 }
 
 impl Node {
     fn new(subnet: &'static str) -> Node {
+        Node::named(subnet, NETWORK)
+    }
+
+    fn named(subnet: &'static str, network: &str) -> Node {
         Node {
             host: Netns::new("chh"),
             store: TempDir::new("chstore"),
             bridge: unique("chb"),
             subnet,
+            network: network.to_owned(),
         }
     }
 
     fn bridge_conf(&self) -> Value {
         json!({
-            "cniVersion": "1.1.0", "name": NETWORK, "type": "bridge",
+            "cniVersion": "1.1.0", "name": self.network, "type": "bridge",
             "bridge": self.bridge, "isGateway": true, "ipMasq": true,
             "ipam": {"type": "host-local", "subnet": self.subnet, "dataDir": self.store.path()}
         })
@@ -51,7 +57,7 @@ impl Node {
 
     fn portmap_conf(&self, port: u16) -> Value {
         json!({
-            "cniVersion": "1.1.0", "name": NETWORK, "type": "portmap", "snat": true,
+            "cniVersion": "1.1.0", "name": self.network, "type": "portmap", "snat": true,
             "runtimeConfig": {"portMappings": [
                 {"hostPort": port, "containerPort": 80, "protocol": "tcp"}
             ]}
@@ -147,7 +153,7 @@ impl Node {
     /// Nothing of any container is left: no reservation, no index entry or
     /// temporary file, no host veth, no owner chain or element of ours.
     fn assert_empty(&self) {
-        let store = self.store.path().join(NETWORK);
+        let store = self.store.path().join(&self.network);
         assert!(cni_tests::reservations_in(&store).is_empty());
         cni_tests::assert_store_tidy(&store);
         let veths = self.host.ip_json(&["link", "show", "type", "veth"]);
@@ -333,4 +339,25 @@ fn killed_at_any_instant_leaves_nothing_after_del_and_gc() {
         .unwrap();
     node.assert_empty();
     eprintln!("crashes: {survived} plugin runs killed, nothing left after DEL and GC");
+}
+
+/// The reference accepts a 185-byte network name with 64-byte container
+/// ids; so does the whole chain, with ipMasq and a port (nftables chain
+/// names then carry a digest of the network).
+#[test]
+fn a_long_network_name_works_through_the_chain() {
+    let node = Node::named("10.214.0.0/16", &"n".repeat(185));
+    let ns = Netns::new("ln");
+    let id = "0123456789abcdef".repeat(4);
+    let (_, result) = node.add(&ns, &id, 23000).unwrap();
+    node.check(&ns, &id, 23000, &result).unwrap();
+    let objs = objects(&node.host, "inet");
+    assert_eq!(chain_names(&objs, "masq//").len(), 1);
+    assert_eq!(chain_names(&objs, "pm//").len(), 1);
+    // GC keeps it (its owner is parsed back from the digest form) ...
+    node.gc(std::slice::from_ref(&id)).unwrap();
+    node.check(&ns, &id, 23000, &result).unwrap();
+    // ... and DEL removes it.
+    node.del(&ns.path_str(), &id, 23000, Some(&result)).unwrap();
+    node.assert_empty();
 }
