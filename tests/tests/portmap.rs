@@ -573,3 +573,59 @@ fn a_refused_batch_installs_nothing() {
         .silent_success();
     assert_eq!(elements_in(&w, "pm4-any"), 0);
 }
+
+/// Three containers map the same host port. The latest ADD takes it; an
+/// earlier one going changes nothing; when the holder goes, the last earlier
+/// owner still there has it back with its marking (the reference hands a
+/// port on the same way), and CHECK follows.
+#[test]
+fn a_host_port_taken_over_is_handed_back() {
+    let w = World::new();
+    let (c1, c2, c3) = (Netns::new("pm1"), Netns::new("pm2"), Netns::new("pm3"));
+    let _s1 = Server::start(&c1, 80, "from c1");
+    let _s2 = Server::start(&c2, 80, "from c2");
+    let _s3 = Server::start(&c3, 80, "from c3");
+    let (_, pm1) = w.attach(&c1, "c1", json!([tcp(8090, 80)]), json!({}));
+    let (_, pm2) = w.attach(&c2, "c2", json!([tcp(8090, 80)]), json!({}));
+    let (_, pm3) = w.attach(&c3, "c3", json!([tcp(8090, 80)]), json!({}));
+    let fetch = || tcp_fetch(&w.client, &format!("{H_LAN}:8090"));
+    assert_eq!(fetch().as_deref(), Some("from c3"));
+    w.call("portmap", "CHECK", "c1", &pm1)
+        .netns(&c1)
+        .run()
+        .error(101);
+
+    // c2 goes while c3 holds the port: nothing changes.
+    w.call("portmap", "DEL", "c2", &pm2)
+        .netns(&c2)
+        .run()
+        .silent_success();
+    assert_eq!(fetch().as_deref(), Some("from c3"));
+    // c3 goes: c1 has the port back, in both families, with its hairpin
+    // marking (a container reaching its own port through the host).
+    w.call("portmap", "DEL", "c3", &pm3)
+        .netns(&c3)
+        .run()
+        .silent_success();
+    assert_eq!(fetch().as_deref(), Some("from c1"));
+    assert_eq!(
+        tcp_fetch(&w.client, &format!("[{H_LAN6}]:8090")).as_deref(),
+        Some("from c1")
+    );
+    assert_eq!(
+        tcp_fetch(&c1, &format!("{H_LAN}:8090")).as_deref(),
+        Some("from c1")
+    );
+    w.call("portmap", "CHECK", "c1", &pm1)
+        .netns(&c1)
+        .run()
+        .silent_success();
+    w.call("portmap", "DEL", "c1", &pm1)
+        .netns(&c1)
+        .run()
+        .silent_success();
+    assert_eq!(fetch(), None);
+    for name in ["pm4-any", "pm6-any", "pm4-snat", "pm6-snat"] {
+        assert_eq!(elements_in(&w, name), 0, "{name}");
+    }
+}

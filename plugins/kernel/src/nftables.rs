@@ -409,6 +409,17 @@ pub fn comment_udata(text: &str) -> Vec<u8> {
     u
 }
 
+#[cfg(test)]
+#[test]
+fn comments_read_back() {
+    assert_eq!(
+        comment_of(&comment_udata("cni-rs x: a b c")),
+        Some("cni-rs x: a b c")
+    );
+    assert_eq!(comment_of(&[0, 200, b'a']), None);
+    assert_eq!(comment_of(&[]), None);
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 pub fn cut(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
@@ -432,6 +443,22 @@ pub fn get_rules(chain: &str) -> NfTablesMessage {
     NfTablesMessage::GetRule(RuleMessage {
         attributes: rule_attrs(chain),
     })
+}
+
+/// GETRULE dump of every rule of our table, chain by chain.
+pub fn get_table_rules() -> NfTablesMessage {
+    NfTablesMessage::GetRule(RuleMessage {
+        attributes: vec![RuleAttribute::Table(TABLE.to_owned())],
+    })
+}
+
+/// The text of a comment in userdata as [`comment_udata`] writes it.
+pub fn comment_of(udata: &[u8]) -> Option<&str> {
+    let [UDATA_FIRST, len, rest @ ..] = udata else {
+        return None;
+    };
+    let text = rest.get(..usize::from(*len))?;
+    std::str::from_utf8(text.strip_suffix(&[0]).unwrap_or(text)).ok()
 }
 
 /// GETSETELEM of set `set`: with a key, of that one element (the kernel

@@ -285,6 +285,8 @@ const fn nat_hook(hook: u32, priority: i32) -> BaseHook {
 const DPORT: (u32, u32) = (2, 2);
 /// Offsets and lengths of the destination address in the IP headers.
 const IPV4_DADDR: (u32, u32) = (16, 4);
+const IPV4_SADDR: (u32, u32) = (12, 4);
+const IPV6_SADDR: (u32, u32) = (8, 16);
 const IPV6_DADDR: (u32, u32) = (24, 16);
 
 /// `th dport` into `dreg`: after a `meta l4proto` match, the same two
@@ -689,18 +691,18 @@ fn remove_mapping(
     batch: &mut Batch,
     m: &Mapping,
     op: &'static str,
-) -> Result<()> {
+) -> Result<bool> {
     let (spec, key, data) = data_element(m);
     if current_data(socket, spec, &key, op)?.as_deref() != Some(&data[..]) {
         // Another owner took the port over: its marking too.
-        return Ok(());
+        return Ok(false);
     }
     remove_own(batch, spec, &key, Some(&data));
     let fam = Family::of(m.container_ip);
     let pp = proto_port(m.proto, m.host_port);
     remove_own(batch, &fam.snat, &pp, None);
     remove_own(batch, &fam.masq_all, &pp, None);
-    Ok(())
+    Ok(true)
 }
 
 /// The mappings of an owner chain's record rules (those in force through
@@ -973,7 +975,6 @@ fn stage_add(
 ) -> Result<()> {
     let chain = owner_chain::chain_name(PREFIX, WHAT, &s.owner)?;
     let comment = owner_chain::comment(WHAT, &s.owner);
-    let record_comment = record_comment(&s.owner);
     let udata = nftables::comment_udata(&comment);
     let conds = |m: &Mapping| {
         if m.container_ip.is_ipv4() {
@@ -997,30 +998,55 @@ fn stage_add(
 
     setup(socket, batch, op)?;
     let now = chain_rules(socket, INET, &chain, op)?.unwrap_or_default();
+    // Who holds each recorded mapping's port now. Taking a port over from
+    // another owner is noted in the record, so that giving it up (DEL, or an
+    // ADD without it) hands it back.
+    let mut current = Vec::with_capacity(recorded.len());
+    for m in &recorded {
+        let (spec, key, _) = data_element(m);
+        current.push(current_data(socket, spec, &key, op)?);
+    }
+    let flagged = took_over_mappings(&now);
+    let takes_over = |m: &Mapping| {
+        let i = recorded
+            .iter()
+            .position(|r| *r == m)
+            .expect("a recorded mapping");
+        match &current[i] {
+            Some(d) if *d == data_element(m).2 => flagged.contains(m),
+            Some(_) => true,
+            None => false,
+        }
+    };
     batch.add_chain(INET, &chain, None, false);
     batch.flush_chain(INET, &chain);
     for m in mappings {
         let c = if jumped.contains(m) {
-            &comment
+            comment.clone()
         } else {
-            &record_comment
+            record_comment(&s.owner, takes_over(m))
         };
         for rule in mapping_rules(s, m) {
-            batch.add_rule(INET, &chain, rule, Some(c));
+            batch.add_rule(INET, &chain, rule, Some(&c));
         }
     }
 
     // The recorded mappings: elements of the data maps and sets.
     let had = record_mappings(&now);
+    let mut given_up = Vec::new();
     for old in &had {
-        if !recorded.contains(&old) {
-            remove_mapping(socket, batch, old, op)?;
+        if !recorded.contains(&old)
+            && remove_mapping(socket, batch, old, op)?
+            && flagged.contains(old)
+        {
+            given_up.push(old.clone());
         }
     }
-    for m in &recorded {
+    reinstate(socket, batch, &chain, &given_up, op)?;
+    for (m, cur) in recorded.iter().zip(&current) {
         let (spec, key, data) = data_element(m);
-        match current_data(socket, spec, &key, op)? {
-            Some(d) if d == data => {}
+        match cur {
+            Some(d) if *d == data => {}
             Some(_) => batch.del_element(INET, spec.name, &Elem::key(&key)),
             None => {}
         }
@@ -1194,9 +1220,109 @@ fn keys_jumping_to(socket: &mut NfSocket, chain: &str, op: &'static str) -> Resu
     Ok(keys)
 }
 
-/// The comment of an owner's record rules.
-fn record_comment(owner: &NftOwner) -> String {
-    owner_chain::comment("portmap record", owner)
+/// The comment of an owner's record rules; `took_over` when the mapping took
+/// its host port over from another owner, whose mapping DEL then reinstates.
+fn record_comment(owner: &NftOwner, took_over: bool) -> String {
+    let what = if took_over {
+        TOOK_OVER_RECORD
+    } else {
+        "portmap record"
+    };
+    owner_chain::comment(what, owner)
+}
+
+const TOOK_OVER_RECORD: &str = "portmap record, took over";
+
+/// The mappings an owner chain's records say took their port over.
+fn took_over_mappings(rules: &[RuleMessage]) -> Vec<Mapping> {
+    rules
+        .iter()
+        .filter(|r| is_record(r) && took_over(r))
+        .filter_map(mapping_of)
+        .collect()
+}
+
+/// Hand each host port in `given_up` (the owner of `chain` took it over and
+/// now gives it up) back to the owner that held it before: the last other
+/// owner whose record maps the same host port and address in that family
+/// (each takeover pushes, each hand-back pops). Its element and its marking
+/// come back as its own ADD made them. One dump of the table's rules, only
+/// when a port that was taken over is given up.
+fn reinstate(
+    socket: &mut NfSocket,
+    batch: &mut Batch,
+    chain: &str,
+    given_up: &[Mapping],
+    op: &'static str,
+) -> Result<()> {
+    if given_up.is_empty() {
+        return Ok(());
+    }
+    let replies = match socket.dump(INET, nftables::get_table_rules())? {
+        Err(e) if owner_chain::is_enoent(&e) => return Ok(()),
+        Err(e) => return Err(owner_chain::nft_error(op, TABLE, e)),
+        Ok(replies) => replies,
+    };
+    let prefix = format!("{PREFIX}/");
+    let records: Vec<(&str, &RuleMessage)> = replies
+        .iter()
+        .filter_map(nftables::rule_of)
+        .filter(|(t, c, r)| *t == TABLE && *c != chain && c.starts_with(&prefix) && is_record(r))
+        .map(|(_, c, r)| (c, r))
+        .collect();
+    for m in given_up {
+        let (spec, key, _) = data_element(m);
+        // The newest other claimant: the last in the dump (chains are
+        // listed in the order they were made).
+        let heir = records.iter().rev().find_map(|(c, r)| {
+            let h = mapping_of(r)?;
+            let (hs, hk, _) = data_element(&h);
+            (hs.name == spec.name && hk == key).then_some((*c, *r, h))
+        });
+        let Some((heir_chain, heir_rule, heir)) = heir else {
+            continue;
+        };
+        let (_, _, data) = data_element(&heir);
+        let comment = nftables::rule_udata(heir_rule)
+            .and_then(nftables::comment_of)
+            .map(element_comment)
+            .unwrap_or_default();
+        let udata = nftables::comment_udata(&comment);
+        batch.add_element(INET, spec.name, &elem(&key, Some(&data), Some(&udata)));
+        // Its marking rules (no DNAT, same port) say how it was SNATed.
+        let marks: Vec<Parsed> = records
+            .iter()
+            .filter(|(c, _)| *c == heir_chain)
+            .map(|(_, r)| parse(r))
+            .filter(|p| {
+                p.dnat.is_none() && p.proto == Some(heir.proto) && p.port == Some(heir.host_port)
+            })
+            .collect();
+        if !marks.is_empty() {
+            let fam = Family::of(heir.container_ip);
+            let set = if marks.iter().any(|p| p.from_saddr) {
+                &fam.snat
+            } else {
+                &fam.masq_all
+            };
+            let pp = proto_port(heir.proto, heir.host_port);
+            batch.add_element(INET, set.name, &Elem::key(&pp));
+        }
+    }
+    Ok(())
+}
+
+/// The comment of an owner's data-map elements, from its record's comment.
+fn element_comment(record: &str) -> String {
+    let rest = record.split_once(": ").map_or("", |(_, rest)| rest);
+    nftables::cut(&format!("cni-rs {WHAT}: {rest}"), nftables::COMMENT_MAX).to_owned()
+}
+
+/// Whether a record rule says its mapping took its port over.
+fn took_over(rule: &RuleMessage) -> bool {
+    nftables::rule_udata(rule)
+        .and_then(nftables::comment_of)
+        .is_some_and(|c| c.contains(TOOK_OVER_RECORD))
 }
 
 /// Remove the owner's mappings and chain in one transaction; what to remove
@@ -1243,10 +1369,15 @@ fn stage_del(
             remove_own(batch, &fam.masq_all, pp, None);
         }
     }
+    let flagged = took_over_mappings(&rules);
+    let mut given_up = Vec::new();
     for m in record_mappings(&rules) {
-        remove_mapping(socket, batch, &m, op)?;
+        if remove_mapping(socket, batch, &m, op)? && flagged.contains(&m) {
+            given_up.push(m.clone());
+        }
         removed.push(m);
     }
+    reinstate(socket, batch, &chain, &given_up, op)?;
     // The verdict-map elements jumping to the chain: those its rules name,
     // and any other (the chain cannot be deleted while one is left).
     let mut keys = keys_of(&rules);
@@ -1323,6 +1454,8 @@ struct Parsed {
     port: Option<u16>,
     daddr: Option<IpAddr>,
     dnat: Option<(IpAddr, u16)>,
+    /// The rule matches source addresses (a hairpin marking rule).
+    from_saddr: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1342,6 +1475,11 @@ fn parse(rule: &RuleMessage) -> Parsed {
                 continue;
             }
             Expr::Payload { base, offset, len } => {
+                if base == NFT_PAYLOAD_NETWORK_HEADER
+                    && [IPV4_SADDR, IPV6_SADDR].contains(&(offset, len))
+                {
+                    p.from_saddr = true;
+                }
                 loaded = Some(Load::Payload(base, (offset, len)));
                 continue;
             }
@@ -1512,8 +1650,14 @@ mod tests {
     fn record_rules_name_no_verdict_map_key() {
         let ms = [tcp(8080, None, "10.66.0.2", 80)];
         let s = setup(&ms, &[], &[]);
-        let comment = record_comment(&s.owner);
+        let comment = record_comment(&s.owner, false);
         assert_eq!(comment, "cni-rs portmap record: n c eth0");
+        assert_eq!(
+            element_comment(&comment),
+            owner_chain::comment(WHAT, &s.owner)
+        );
+        let over = record_comment(&s.owner, true);
+        assert_eq!(element_comment(&over), owner_chain::comment(WHAT, &s.owner));
         let written = |comment: &str| {
             let mut batch = Batch::new();
             for r in mapping_rules(&s, &ms[0]) {
