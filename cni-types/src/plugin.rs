@@ -438,7 +438,7 @@ mod tests {
         }
     }
 
-    fn run_with_stdin(cmd: &str, stdin: Vec<u8>) -> Outcome {
+    fn run_with_stdin(cmd: &str, stdin: Vec<u8>) -> (Outcome, String) {
         let vars: HashMap<&str, String> = HashMap::from([
             ("CNI_COMMAND", cmd.to_string()),
             ("CNI_CONTAINERID", "c1".into()),
@@ -447,25 +447,12 @@ mod tests {
         ]);
         let env = Env::from_lookup(|k| vars.get(k).cloned());
         let mut v = Version::LATEST.to_string();
-        dispatch(&Probe::default(), env, || Ok(stdin), &mut v)
+        let out = dispatch(&Probe::default(), env, || Ok(stdin), &mut v);
+        (out, v)
     }
 
     fn run_with(cmd: &str, conf: Value) -> (Outcome, String) {
-        let vars: HashMap<&str, String> = HashMap::from([
-            ("CNI_COMMAND", cmd.to_string()),
-            ("CNI_CONTAINERID", "c1".into()),
-            ("CNI_NETNS", "/nonexistent/netns".into()),
-            ("CNI_IFNAME", "eth0".into()),
-        ]);
-        let env = Env::from_lookup(|k| vars.get(k).cloned());
-        let mut v = Version::LATEST.to_string();
-        let out = dispatch(
-            &Probe::default(),
-            env,
-            || Ok(conf.to_string().into_bytes()),
-            &mut v,
-        );
-        (out, v)
+        run_with_stdin(cmd, conf.to_string().into_bytes())
     }
 
     fn code(o: Outcome) -> u32 {
@@ -531,7 +518,7 @@ mod tests {
         assert_eq!(values_at_most(br#"{"a": [1, 2, {"b": "x,[{:"}]}"#), 8);
         assert_eq!(values_at_most(br#""a\",b""#), 1);
         let many = format!("[{}1]", "1,".repeat(MAX_CONFIG_VALUES));
-        assert_eq!(code(run_with_stdin("ADD", many.into_bytes())), 6);
+        assert_eq!(code(run_with_stdin("ADD", many.into_bytes()).0), 6);
         let fine = json!({"cniVersion": "1.0.0", "name": "n", "type": "probe",
                           "list": vec![1; 1000]});
         assert_eq!(code(run_with("ADD", fine).0), 0);

@@ -417,12 +417,7 @@ impl Call {
 /// `None` then. stdin is written and the output read on helper threads, so
 /// neither a plugin that never reads nor one that writes a lot blocks us.
 pub fn fed_within(cmd: &mut Command, stdin: &[u8], limit: std::time::Duration) -> Option<Output> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = spawn_piped(cmd);
     let input = stdin.to_vec();
     let mut pipe = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
@@ -453,15 +448,18 @@ pub fn fed_within(cmd: &mut Command, stdin: &[u8], limit: std::time::Duration) -
     exited.then_some(output)
 }
 
-/// Run `cmd` with `stdin` on its standard input; its output, both streams
-/// captured.
-pub fn fed(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
+fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run `cmd` with `stdin` on its standard input; its output, both streams
+/// captured.
+pub fn fed(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = spawn_piped(cmd);
     // A plugin that fails early may not read its input: not an error here.
     let _ = child.stdin.take().unwrap().write_all(stdin);
     child.wait_with_output().unwrap()
