@@ -150,6 +150,15 @@ fn a_symlink_planted_anywhere_in_the_store_is_never_followed() {
     let e = call("ADD", "c1", &c).run().error(5);
     assert!(e["msg"].as_str().unwrap().contains(NETWORK), "{e}");
     s.assert_untouched("a symlinked network directory");
+
+    // dataDir itself is the admin's choice: a symlink there is followed.
+    let s = Scene::new();
+    let link = s.data.with_file_name("data-link");
+    symlink(&s.data, &link).unwrap();
+    let c = conf(&link, json!({"subnet": "10.40.0.0/24"}));
+    call("ADD", "c1", &c).run().success();
+    assert_eq!(cni_tests::reservations_in(&s.store()).len(), 1);
+    call("DEL", "c1", &c).run().silent_success();
 }
 
 #[test]

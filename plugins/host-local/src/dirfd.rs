@@ -40,10 +40,16 @@ pub struct Dir {
 }
 
 impl Dir {
-    /// Open `path` as a directory. Its last component must not be a symlink;
-    /// earlier ones may be (`/var/run` is one on most systems).
+    /// Open `path` as a directory, following symlinks: the admin's
+    /// `dataDir` (or a directory on its way, such as `/var/run`) may be one.
+    /// Everything below it is opened with [`Dir::subdir`].
     pub fn open(path: &Path) -> io::Result<Dir> {
-        let fd = nix::fcntl::open(path, flags(OFlag::O_DIRECTORY), Mode::empty()).map_err(err)?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err)?;
         Ok(Dir { fd })
     }
 
