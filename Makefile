@@ -7,7 +7,7 @@ CARGO ?= cargo
 PREFIX ?= /opt/cni/bin
 BINDIR ?= /usr/local/bin
 DESTDIR ?=
-PLUGINS := bridge host-local loopback portmap
+PLUGINS := bridge host-local loopback portmap ptp
 # Release binaries are static: the target triple and flags come from
 # scripts/static-target.sh, read when a recipe runs (after `deps` added musl).
 STATIC = $(shell ./scripts/static-target.sh)

@@ -100,7 +100,7 @@ printf '$ ls %s\n' "$work/ipam/cni-rs-bridge"
 ls "$work/ipam/cni-rs-bridge"
 
 say "Every plugin answers VERSION with the spec versions it speaks"
-for p in loopback bridge host-local portmap; do
+for p in loopback bridge host-local portmap ptp; do
   printf '%-11s ' "$p"; CNI_COMMAND=VERSION "$bin/$p" </dev/null | jq -c .supportedVersions
 done
 

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-plugins=(bridge host-local loopback portmap)
+plugins=(bridge host-local loopback portmap ptp)
 tools=(cni-run) # built and checked, not packed: not a plugin
 out=dist
 

@@ -304,8 +304,8 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
-/// The four plugin binaries.
-pub const PLUGINS: [&str; 4] = ["loopback", "bridge", "host-local", "portmap"];
+/// The plugin binaries.
+pub const PLUGINS: [&str; 5] = ["loopback", "bridge", "host-local", "portmap", "ptp"];
 
 /// One plugin invocation, built up then run.
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use cni_tests::{Call, Netns, PLUGINS, TempDir, must};
 use serde_json::{Value, json};
 
 /// Every entry of the tarball, in its order (sorted by name).
-const ENTRIES: [&str; 7] = [
+const ENTRIES: [&str; 8] = [
     "./LICENSE",
     "./README.md",
     "./SHA256SUMS",
@@ -24,6 +24,7 @@ const ENTRIES: [&str; 7] = [
     "./host-local",
     "./loopback",
     "./portmap",
+    "./ptp",
 ];
 
 fn tarball() -> Option<PathBuf> {

@@ -15,7 +15,7 @@ fn valid_conf(plugin: &str) -> Value {
     let mut c = json!({"cniVersion": "1.0.0", "name": "testnet", "type": plugin});
     match plugin {
         "bridge" => c["bridge"] = json!("cnirs0"),
-        "host-local" => {
+        "host-local" | "ptp" => {
             c["ipam"] =
                 json!({"type": "host-local", "subnet": "10.99.0.0/24", "dataDir": untouched_dir()})
         }
@@ -61,6 +61,12 @@ fn invalid_confs(plugin: &str) -> Vec<Value> {
             let mut no_ipam = base.clone();
             no_ipam.as_object_mut().unwrap().remove("ipam");
             bad.push(no_ipam);
+        }
+        "ptp" => {
+            bad.push(with("mtu", json!("big")));
+            bad.push(with("mtu", json!(20)));
+            bad.push(with("ipMasq", json!("yes")));
+            bad.push(with("ipam", json!({})));
         }
         "portmap" => {
             bad.push(with("snat", json!("yes")));
@@ -231,8 +237,12 @@ fn hostile_environment_and_input_table() {
     }
     // CNI_NETNS that is not a network namespace, for the plugins that enter
     // it: 4, at once (a FIFO must not hang them, a device is not opened).
-    for p in ["bridge", "loopback"] {
-        let conf = valid_conf(p);
+    for p in ["bridge", "loopback", "ptp"] {
+        let mut conf = valid_conf(p);
+        if p == "ptp" {
+            // Its DEL releases IPAM first: a store of this test's own.
+            conf["ipam"]["dataDir"] = json!(tmp.path().join("store"));
+        }
         for ns in [
             fifo.to_str().unwrap(),
             file.to_str().unwrap(),

@@ -161,3 +161,78 @@ fn loopback_matches_the_reference() {
         assert_eq!(a.link_flags("lo"), b.link_flags("lo"));
     }
 }
+
+/// The host's state for ptp: the host end's global addresses and the host's
+/// routes to the container, names aside.
+fn ptp_host_state(host: &Netns) -> Value {
+    let veth = &host.ip_json(&["-d", "addr", "show", "type", "veth"])[0];
+    let mut addrs: Vec<String> = veth["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] != "link")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    addrs.sort();
+    let mut routes: Vec<String> = ["-4", "-6"]
+        .iter()
+        .flat_map(|f| {
+            host.ip_json(&[f, "route", "show"])
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .filter(|r| !r["dst"].as_str().unwrap().starts_with("fe80"))
+        .map(|r| format!("{} via {} scope {}", r["dst"], r["gateway"], r["scope"]))
+        .collect();
+    routes.sort();
+    json!({"veth_addrs": addrs, "routes": routes, "mtu": veth["mtu"]})
+}
+
+#[test]
+fn ptp_matches_the_reference() {
+    reference_present();
+    for version in ["0.3.1", "1.0.0"] {
+        // kindnet's config, dual stack.
+        let conf = json!({
+            "cniVersion": version, "name": "cmpptp", "type": "ptp", "ipMasq": false, "mtu": 1450,
+            "ipam": {
+                "type": "host-local",
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                "ranges": [[{"subnet": "10.231.0.0/24"}], [{"subnet": "fd24::/64"}]]
+            }
+        });
+        let run = |dir: &Path| {
+            let (host, ctr, store) = (Netns::new("cmph"), Netns::new("cmpc"), TempDir::new("cmps"));
+            let mut c = conf.clone();
+            c["ipam"]["dataDir"] = json!(store.path());
+            let mut call = Call::new("ptp", "ADD")
+                .in_host(&host)
+                .netns(&ctr)
+                .var("CNI_PATH", Some(&dir.display().to_string()))
+                .conf(&c);
+            if dir != bin_dir() {
+                call = call.binary(dir.join("ptp"));
+            }
+            let result = normalise(call.run().success());
+            let mut state = container_state(&ctr);
+            let mut v6: Vec<String> = ctr
+                .ip_json(&["-6", "route", "show"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| !r["dst"].as_str().unwrap().starts_with("fe80"))
+                .map(|r| format!("{} via {}", r["dst"], r["gateway"]))
+                .collect();
+            v6.sort();
+            state["routes6"] = json!(v6);
+            (result, state, ptp_host_state(&host))
+        };
+        let ours = run(&bin_dir());
+        let reference = run(Path::new(REFERENCE));
+        // The reference's results have no interface mtu; ours only in 1.1.0.
+        assert_eq!(ours.0, reference.0, "{version}: results differ");
+        assert_eq!(ours.1, reference.1, "{version}: container state differs");
+        assert_eq!(ours.2, reference.2, "{version}: host state differs");
+    }
+}

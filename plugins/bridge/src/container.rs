@@ -1,6 +1,6 @@
 //! The container side: the interface's sysctls, addresses, state and routes.
 
-use cni_kernel::{KernelError, Link, Netlink, Netns, RouteSpec, sysctl};
+use cni_kernel::{Link, Netlink, Netns, RouteSpec, sysctl};
 use cni_types::{IpConfig, Route};
 
 use crate::error::Result;
@@ -19,19 +19,7 @@ pub struct Setup<'a> {
 pub fn configure(netns: &Netns, nl: &mut Netlink, s: &Setup) -> Result<Link> {
     let if_ = s.ifname;
     let has_v6 = s.ips.iter().any(|i| i.address.is_ipv6());
-    netns.run(|| -> Result<(), KernelError> {
-        // Neighbours learn the new MAC at once (gratuitous ARP on up).
-        sysctl::write(&format!("net/ipv4/conf/{if_}/arp_notify"), "1")?;
-        if has_v6 {
-            sysctl::write(&format!("net/ipv6/conf/{if_}/disable_ipv6"), "0")?;
-            sysctl::write(&format!("net/ipv6/conf/{if_}/keep_addr_on_down"), "1")?;
-            if !s.enable_dad {
-                // Without DAD the address is usable at once instead of after ~1 s.
-                sysctl::write(&format!("net/ipv6/conf/{if_}/accept_dad"), "0")?;
-            }
-        }
-        Ok(())
-    })??;
+    netns.run(|| sysctl::prepare_container_iface(if_, has_v6, s.enable_dad))??;
     let link = nl.require_link(if_)?;
     for ip in s.ips {
         nl.add_address(link.index, ip.address)?;
@@ -57,5 +45,6 @@ pub fn route_spec(r: &Route, ips: &[IpConfig], oif: u32) -> RouteSpec {
         priority: r.priority,
         table: r.table,
         scope: r.scope,
+        src: None,
     }
 }

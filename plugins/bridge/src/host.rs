@@ -1,7 +1,6 @@
 //! The host side: the bridge, the host end of the veth and its port
 //! settings, gateway addresses and forwarding.
 
-use std::io::Read;
 use std::net::IpAddr;
 
 use cni_kernel::packet_route::link::{InfoKind, LinkFlags};
@@ -13,25 +12,11 @@ use nix::errno::Errno;
 use crate::config::BridgeConf;
 use crate::error::{BridgeError, Result};
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom is readable");
-    b
-}
-
 /// A random locally administered unicast MAC.
 fn random_mac() -> [u8; 6] {
-    let mut m = random_bytes::<6>();
+    let mut m = cni_kernel::link::random_bytes::<6>();
     m[0] = (m[0] & 0xfe) | 0x02;
     m
-}
-
-/// `veth` and 8 hex digits, as the reference names host ends.
-fn random_veth_name() -> String {
-    let b = random_bytes::<4>();
-    format!("veth{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
 }
 
 /// No duplicate address detection on a bridge we create, set before it
@@ -88,35 +73,7 @@ pub fn create_veth(
     conf: &BridgeConf,
     ifname: &str,
 ) -> Result<Link> {
-    let mut last = None;
-    // A clash of the random host name is retried; the container name was
-    // checked free before.
-    for _ in 0..5 {
-        let name = random_veth_name();
-        match nl.create_veth(&name, ifname, netns.fd(), conf.mtu, conf.mac) {
-            Ok(()) => return Ok(nl.require_link(&name)?),
-            Err(e) if e.errno() == Some(Errno::EEXIST) => last = Some(e),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(last.expect("five attempts failed").into())
-}
-
-/// What the host end's alias says: whose attachment it is. DEL without a
-/// namespace deletes a host veth only when it carries its own owner. An
-/// alias holds 255 bytes; a longer owner is named by its digest.
-pub fn veth_alias(owner: &NftOwner) -> String {
-    let full = format!(
-        "cni-rs {}/{}/{}",
-        owner.network, owner.container_id, owner.ifname
-    );
-    if full.len() <= 255 {
-        return full;
-    }
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(full.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cni-rs sha256:{hex}")
+    Ok(nl.create_host_veth(ifname, netns.fd(), conf.mtu, conf.mac)?)
 }
 
 /// Attach the host end to the bridge with its port flags, its owner alias
@@ -128,7 +85,7 @@ pub fn attach(
     veth: &Link,
     owner: &NftOwner,
 ) -> Result<()> {
-    nl.set_controller(veth.index, br.index, &veth_alias(owner))?;
+    nl.set_controller(veth.index, br.index, &cni_kernel::link::owner_alias(owner))?;
     if conf.hairpin_mode || conf.port_isolation {
         nl.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)?;
     }
@@ -203,13 +160,9 @@ pub fn ensure_gateways(
 
 /// A gateway forwards: ip_forward for each family it serves.
 pub fn enable_forwarding(ips: &[IpConfig]) -> Result<()> {
-    if ips.iter().any(|i| i.address.is_ipv4()) {
-        sysctl::write("net/ipv4/ip_forward", "1")?;
-    }
-    if ips.iter().any(|i| i.address.is_ipv6()) {
-        sysctl::write("net/ipv6/conf/all/forwarding", "1")?;
-    }
-    Ok(())
+    let v4 = ips.iter().any(|i| i.address.is_ipv4());
+    let v6 = ips.iter().any(|i| i.address.is_ipv6());
+    Ok(sysctl::enable_forwarding(v4, v6)?)
 }
 
 /// The gateway of the family of `a` among `ips`.

@@ -290,7 +290,7 @@ fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
     let Some(br) = nl.link_by_name(&conf.bridge)? else {
         return Ok(());
     };
-    let expected = host::veth_alias(&owner(conf, req));
+    let expected = cni_kernel::link::owner_alias(&owner(conf, req));
     for i in prev
         .interfaces
         .iter()

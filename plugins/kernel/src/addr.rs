@@ -77,9 +77,19 @@ impl Netlink {
     /// Add an address that skips duplicate address detection (IPv6), so it
     /// is usable at once instead of after a second of "tentative".
     pub fn add_address_nodad(&mut self, index: u32, addr: IpNetwork) -> Result<()> {
+        self.add_address_with(index, addr, AddressFlags::Nodad)
+    }
+
+    /// Add an address with flags: `Nodad`, or `Noprefixroute` (the kernel
+    /// adds no route to the address's subnet through the link).
+    pub fn add_address_with(
+        &mut self,
+        index: u32,
+        addr: IpNetwork,
+        flags: AddressFlags,
+    ) -> Result<()> {
         let mut msg = message(index, addr);
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        msg.attributes.push(AddressAttribute::Flags(flags));
         self.execute(
             "add address",
             RouteNetlinkMessage::NewAddress(msg),

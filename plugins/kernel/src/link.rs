@@ -192,6 +192,38 @@ impl Netlink {
         self.create_link(msg)
     }
 
+    /// Create a veth pair whose host end gets a fresh random name (`veth` and
+    /// 8 hex digits, as the reference names them; a clash is retried) and
+    /// whose `peer` end is born in `peer_netns`. Returns the host end.
+    pub fn create_host_veth(
+        &mut self,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<Link> {
+        let mut last = None;
+        for _ in 0..5 {
+            let b = random_bytes::<4>();
+            let name = format!("veth{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3]);
+            match self.create_veth(&name, peer, peer_netns, mtu, peer_mac) {
+                Ok(()) => return self.require_link(&name),
+                Err(e) if e.errno() == Some(Errno::EEXIST) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("five attempts failed"))
+    }
+
+    /// Set a link's alias (and bring it up) in one request.
+    pub fn set_alias_up(&mut self, index: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .up()
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()))
+            .build();
+        self.execute("set alias", RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     /// Attach a link to a bridge, setting its alias in the same request.
     pub fn set_controller(&mut self, index: u32, controller: u32, alias: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
@@ -238,4 +270,31 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(index).build();
         self.execute("delete link", RouteNetlinkMessage::DelLink(msg), 0)
     }
+}
+
+/// `N` random bytes from the kernel.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
+    b
+}
+
+/// What a host veth's alias says: whose attachment it is. DEL without a
+/// namespace deletes a host veth only when it carries its own owner. An
+/// alias holds 255 bytes; a longer owner is named by its digest.
+pub fn owner_alias(owner: &crate::NftOwner) -> String {
+    let full = format!(
+        "cni-rs {}/{}/{}",
+        owner.network, owner.container_id, owner.ifname
+    );
+    if full.len() <= 255 {
+        return full;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(full.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cni-rs sha256:{hex}")
 }

@@ -26,6 +26,8 @@ pub struct RouteSpec {
     pub priority: Option<u32>,
     pub table: Option<u32>,
     pub scope: Option<u8>,
+    /// The preferred source address (`src` to `ip route`).
+    pub src: Option<IpAddr>,
 }
 
 impl RouteSpec {
@@ -39,6 +41,7 @@ impl RouteSpec {
             priority: None,
             table: None,
             scope: None,
+            src: None,
         }
     }
 
@@ -65,6 +68,10 @@ impl RouteSpec {
             b = b.scope(RouteScope::Link);
         }
         let mut msg = b.build();
+        if let Some(src) = self.src {
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+        }
         let mut metrics = Vec::new();
         if let Some(mtu) = self.mtu {
             metrics.push(RouteMetric::Mtu(mtu));
@@ -92,6 +99,7 @@ impl RouteSpec {
                 RouteAttribute::Destination(a) => dst = route_ip(a),
                 RouteAttribute::Gateway(a) => r.gw = route_ip(a),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
+                RouteAttribute::PrefSource(a) => r.src = route_ip(a),
                 RouteAttribute::Priority(p) => r.priority = Some(*p),
                 RouteAttribute::Table(t) => r.table = Some(*t),
                 RouteAttribute::Metrics(ms) => {
