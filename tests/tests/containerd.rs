@@ -37,6 +37,12 @@ impl Containerd {
     /// as the only file in /etc/cni/net.d, a containerd of its own running
     /// (with its CRI plugin when `cri`), and the image imported.
     fn new(cri: bool) -> Containerd {
+        Containerd::with_network(cri, "10-containerd-net.conflist")
+    }
+
+    /// As [`Containerd::new`], with `conflist` (a file of conf/) as the
+    /// only network config.
+    fn with_network(cri: bool, conflist: &str) -> Containerd {
         let mut sb = Sandbox::new("ctrd");
         let t = sb.dir.path().join("containerd");
         std::fs::create_dir_all(&t).unwrap();
@@ -80,8 +86,8 @@ state = "{t}/state"
         // Alone in the directory: ctr takes the lexically first file.
         sb.must("sh", &["-c", "rm -f /etc/cni/net.d/*"]);
         sb.write(
-            "/etc/cni/net.d/10-containerd-net.conflist",
-            &std::fs::read_to_string(conf_file("10-containerd-net.conflist")).unwrap(),
+            &format!("/etc/cni/net.d/{conflist}"),
+            &std::fs::read_to_string(conf_file(conflist)).unwrap(),
         );
         let cfg = t.join("config.toml");
         sb.spawn(
@@ -176,6 +182,43 @@ impl Drop for Containerd {
             let _ = self.ctr(&["task", "kill", "-s", "KILL", l.trim()]);
         }
     }
+}
+
+/// RunPodSandbox with a hostPort, as kubelet sends for a pod with one,
+/// retried while the CRI plugin has not loaded the network config yet; the
+/// sandbox id and the pod's cgroup parent.
+fn run_pod(c: &Containerd, name: &str) -> (String, String) {
+    let sb = &c.sb;
+    let cgroup = format!("/{}/pods", sb.tag);
+    let uid = format!("{}-{name}", sb.tag);
+    let mut id = String::new();
+    let ran = wait_for_runtime(|| {
+        match c.cri(&["runp", name, &uid, "default", &cgroup, "8080:80"]) {
+            Ok(r) => {
+                id = r["id"].as_str().unwrap().to_owned();
+                true
+            }
+            Err(e) => {
+                // Only "network not ready yet" is worth waiting out.
+                assert!(e.contains("cni"), "RunPodSandbox: {e}");
+                false
+            }
+        }
+    });
+    assert!(
+        ran,
+        "RunPodSandbox never succeeded: {}",
+        sb.log("containerd.log")
+    );
+    assert_eq!(id.len(), 64, "{id}");
+    (id, cgroup)
+}
+
+/// `nsenter --net=` of a pod sandbox's network namespace.
+fn pod_netns(cgroup: &str, id: &str) -> String {
+    let procs = format!("/sys/fs/cgroup/pids{cgroup}/{id}/cgroup.procs");
+    let pid = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{procs}: {e}"));
+    format!("--net=/proc/{}/ns/net", pid.lines().next().unwrap())
 }
 
 /// After the last DEL: no reservation, bridge port, masquerade or
@@ -292,29 +335,7 @@ fn cri_pod_sandbox_gets_our_network_and_stop_releases_it() {
     assert_eq!(v["runtime_name"], "containerd", "{v}");
 
     // RunPodSandbox with a hostPort, as kubelet sends for a pod with one.
-    // The CRI plugin may take a moment to load the network config.
-    let cgroup = format!("/{}/pods", sb.tag);
-    let uid = sb.tag.clone();
-    let mut id = String::new();
-    let ran = wait_for_runtime(|| {
-        match c.cri(&["runp", "web", &uid, "default", &cgroup, "8080:80"]) {
-            Ok(r) => {
-                id = r["id"].as_str().unwrap().to_owned();
-                true
-            }
-            Err(e) => {
-                // Only "network not ready yet" is worth waiting out.
-                assert!(e.contains("cni"), "RunPodSandbox: {e}");
-                false
-            }
-        }
-    });
-    assert!(
-        ran,
-        "RunPodSandbox never succeeded: {}",
-        sb.log("containerd.log")
-    );
-    assert_eq!(id.len(), 64, "{id}");
+    let (id, cgroup) = run_pod(&c, "web");
 
     // The CRI reports both addresses; host-local holds them for the sandbox.
     let status = c.cri(&["status", &id]).unwrap();
@@ -336,9 +357,7 @@ fn cri_pod_sandbox_gets_our_network_and_stop_releases_it() {
 
     // Inside the pod: the CRI plugin ran loopback (ours: its only plugin
     // directory is /opt/cni/bin) before the network.
-    let procs = format!("/sys/fs/cgroup/pids{cgroup}/{id}/cgroup.procs");
-    let pid = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{procs}: {e}"));
-    let netns = format!("--net=/proc/{}/ns/net", pid.lines().next().unwrap());
+    let netns = pod_netns(&cgroup, &id);
     let lo = cni_tests::must("nsenter", &[&netns, "ip", "-j", "addr", "show", "lo"]);
     let lo: serde_json::Value = serde_json::from_str(&lo).unwrap();
     assert_eq!(lo[0]["operstate"], "UNKNOWN", "lo is up: {lo}");
@@ -363,5 +382,71 @@ fn cri_pod_sandbox_gets_our_network_and_stop_releases_it() {
     c.cri(&["stopp", &id]).unwrap();
     assert_nothing_left(sb);
     assert!(sb.http_get("http://10.88.0.1:8080/").is_none());
+    c.cri(&["rmp", &id]).unwrap();
+}
+
+/// A kind node's pod network: kindnet's conflist exactly as kindnetd writes
+/// it (ptp + host-local in /run/cni-ipam-state, then portmap) under the CRI
+/// plugin with kind's CNI settings (/opt/cni/bin, /etc/cni/net.d), and
+/// loopback, all four binaries ours. A pod sandbox with a hostPort gets its
+/// address, its page answers through the port, and StopPodSandbox leaves
+/// nothing.
+#[test]
+fn cri_pod_sandbox_on_the_kindnet_conflist() {
+    let c = Containerd::with_network(true, "10-kindnet.conflist");
+    let sb = &c.sb;
+    let (id, cgroup) = run_pod(&c, "kindpod");
+    let status = c.cri(&["status", &id]).unwrap();
+    let ips = status["ips"].as_array().unwrap().clone();
+    assert_eq!(ips.len(), 1, "{status}");
+    let ip = ips[0].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10.244.0."), "{status}");
+    // host-local's store is on the node's tmpfs /run, as on kind.
+    let held = sb.must("sh", &["-c", "cat /run/cni-ipam-state/kindnet/10.244.0.*"]);
+    assert_eq!(held, format!("{id}\r\neth0"));
+
+    // ptp's layout in the pod: the address without its subnet route, the
+    // gateway on-link, the default via the gateway; lo up.
+    let netns = pod_netns(&cgroup, &id);
+    let routes =
+        cni_tests::must("nsenter", &[&netns, "ip", "route", "show"]).replace(" proto static", "");
+    assert!(
+        routes.contains("default via 10.244.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.0.1 dev eth0 scope link"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.0.0/24 via 10.244.0.1 dev eth0"),
+        "{routes}"
+    );
+    let lo = cni_tests::must("nsenter", &[&netns, "ip", "-j", "addr", "show", "lo"]);
+    assert!(lo.contains("127.0.0.1"), "{lo}");
+    // The node: a host end with the gateway, a route to the pod, no bridge.
+    let veths = sb.host.ip_json(&["-d", "link", "show", "type", "veth"]);
+    assert_eq!(veths.as_array().unwrap().len(), 1, "{veths}");
+    assert!(sb.host.ip_json(&["link", "show", "type", "bridge"]) == serde_json::json!([]));
+    let page = || sb.http_get("http://10.244.0.1:8080/");
+    assert!(
+        wait_for_runtime(|| page().as_deref() == Some(PAGE)),
+        "no page through the hostPort"
+    );
+    let objs = objects(&sb.host, "inet");
+    assert_eq!(chain_names(&objs, &format!("pm/kindnet/{id}/")).len(), 1);
+
+    c.cri(&["stopp", &id]).unwrap();
+    let left = sb.must("sh", &["-c", "ls /run/cni-ipam-state/kindnet"]);
+    assert!(!left.contains("10.244."), "{left}");
+    let objs = objects(&sb.host, "inet");
+    assert!(chain_names(&objs, "pm/kindnet/").is_empty());
+    assert!(
+        cni_tests::wait_for(
+            || sb.host.ip_json(&["link", "show", "type", "veth"]) == serde_json::json!([])
+        ),
+        "the pod's veth was left"
+    );
+    assert!(page().is_none());
     c.cri(&["rmp", &id]).unwrap();
 }
