@@ -16,7 +16,7 @@ RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release
 # dist/cni-rs-linux-<arch>-v<version>.tgz, absolute (scripts/dist.sh names it)
 DIST_TARBALL = $(shell ./scripts/dist.sh --path)
 
-.PHONY: all deps build release lint test demo install install-tools dist clean
+.PHONY: all deps build release lint test demo install install-tools dist clean print-release-dir
 
 all: build
 
@@ -40,8 +40,12 @@ lint:
 # left behind.
 test: deps lint build dist
 	@[ "$$(id -u)" -eq 0 ] || { echo "make test needs root: the tests create network namespaces" >&2; exit 1; }
-	CNI_RS_DIST=$(abspath $(DIST_TARBALL)) $(CARGO) test --workspace
+	CNI_RS_DIST=$(abspath $(DIST_TARBALL)) CNI_RS_RELEASE_DIR=$(abspath $(RELEASE_DIR)) $(CARGO) test --workspace
 	./scripts/leakcheck.sh
+
+# Where `make release` puts the static binaries (deploy/kubernetes/build-image.sh).
+print-release-dir:
+	@echo $(abspath $(RELEASE_DIR))
 
 demo: deps build
 	./scripts/demo.sh

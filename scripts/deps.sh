@@ -18,6 +18,7 @@ packages=(
   containerd    # the containerd end-to-end test (containerd + ctr)
   busybox-static  # the offline image both runtimes run
   python3-grpcio  # tests/tools/cri.py speaks the CRI to containerd as kubelet would (no kubelet or crictl in Debian 12)
+  python3-yaml    # tests/tests/deploy.rs reads the kind config and the DaemonSet manifest
 )
 
 missing=()

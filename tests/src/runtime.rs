@@ -425,3 +425,75 @@ impl Drop for Sandbox {
         // it) goes, then the files.
     }
 }
+
+/// podman in a sandbox, with its storage, run root and logs in the
+/// sandbox's directory and the settings these machines need (no systemd,
+/// cgroupfs, low hard limits), the CNI backend reading `/etc/cni/net.d` with
+/// plugins from `plugin_dirs` (a TOML list body).
+pub struct PodmanIn {
+    pub sb: Sandbox,
+}
+
+impl PodmanIn {
+    pub fn new(sb: Sandbox, plugin_dirs: &str) -> PodmanIn {
+        let t = sb.dir.path().to_path_buf();
+        for d in ["storage", "runroot", "tmp", "vartmp"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        let conf = format!(
+            r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{t}/events.log"
+runtime = "runc"
+tmp_dir = "{t}/tmp"
+lock_type = "file"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = [{plugin_dirs}]
+network_config_dir = "/etc/cni/net.d"
+"#,
+            t = t.display()
+        );
+        std::fs::write(t.join("containers.conf"), conf).unwrap();
+        PodmanIn { sb }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let t = self.sb.dir.path();
+        let mut c = self.sb.command("podman");
+        c.env("CONTAINERS_CONF", t.join("containers.conf"))
+            .env("TMPDIR", t.join("vartmp"))
+            .arg("--root")
+            .arg(t.join("storage"))
+            .arg("--runroot")
+            .arg(t.join("runroot"))
+            .args(["--storage-driver", "overlay"])
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("podman")
+    }
+
+    /// podman ARGS, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        succeeded(self.run(args), &format!("podman {args:?}"))
+    }
+
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.sb.tag)
+    }
+}
+
+impl Drop for PodmanIn {
+    fn drop(&mut self) {
+        // Let podman tear down what it still holds (CNI DEL included) before
+        // the sandbox kills whatever is left.
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+    }
+}

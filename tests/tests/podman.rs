@@ -6,12 +6,10 @@
 //!   the reference `firewall` and `tuning` (which cni-rs does not provide)
 //!   found after them.
 
-use std::process::{Command, Output};
-
 use cni_tests::nft::map_len;
 use cni_tests::nft::objects;
-use cni_tests::runtime::{IMAGE, PAGE, Sandbox, conf_file, wait_for_runtime};
-use cni_tests::{reservations_in, succeeded};
+use cni_tests::reservations_in;
+use cni_tests::runtime::{IMAGE, PAGE, PodmanIn, Sandbox, conf_file, wait_for_runtime};
 
 const NET: &str = "podman";
 const BRIDGE: &str = "cni-podman0";
@@ -34,7 +32,14 @@ enum Network {
 }
 
 struct Podman {
-    sb: Sandbox,
+    p: PodmanIn,
+}
+
+impl std::ops::Deref for Podman {
+    type Target = PodmanIn;
+    fn deref(&self) -> &PodmanIn {
+        &self.p
+    }
 }
 
 impl Podman {
@@ -42,35 +47,10 @@ impl Podman {
     /// and the busybox image imported.
     fn new(network: Network) -> Podman {
         let sb = Sandbox::new("podman");
-        let t = sb.dir.path().to_path_buf();
-        for d in ["storage", "runroot", "tmp", "vartmp"] {
-            std::fs::create_dir_all(t.join(d)).unwrap();
-        }
         let plugin_dirs = match network {
             Network::Ours => r#""/opt/cni/bin""#.to_owned(),
             Network::Stock => format!(r#""/opt/cni/bin", "{REFERENCE}""#),
         };
-        // What podman needs on these machines (no systemd, hybrid cgroups,
-        // low hard limits) plus the CNI backend.
-        let conf = format!(
-            r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-log_driver = "k8s-file"
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "{t}/events.log"
-runtime = "runc"
-tmp_dir = "{t}/tmp"
-lock_type = "file"
-[network]
-network_backend = "cni"
-cni_plugin_dirs = [{plugin_dirs}]
-network_config_dir = "/etc/cni/net.d"
-"#,
-            t = t.display()
-        );
-        std::fs::write(t.join("containers.conf"), conf).unwrap();
         let from = sb.install_plugins();
         eprintln!("plugins from {from}");
         let stock = std::path::Path::new(STOCK);
@@ -85,7 +65,7 @@ network_config_dir = "/etc/cni/net.d"
                 "{STOCK} or the reference plugins are missing: make test installs podman and containernetworking-plugins"
             ),
         }
-        let p = Podman { sb };
+        let p = PodmanIn::new(sb, &plugin_dirs);
         let tar = p.sb.rootfs_tar();
         p.ok(&[
             "import",
@@ -94,30 +74,7 @@ network_config_dir = "/etc/cni/net.d"
             tar.to_str().unwrap(),
             IMAGE,
         ]);
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let t = self.sb.dir.path();
-        let mut c = self.sb.command("podman");
-        c.env("CONTAINERS_CONF", t.join("containers.conf"))
-            .env("TMPDIR", t.join("vartmp"))
-            .arg("--root")
-            .arg(t.join("storage"))
-            .arg("--runroot")
-            .arg(t.join("runroot"))
-            .args(["--storage-driver", "overlay"])
-            .args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("podman")
-    }
-
-    /// podman ARGS, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        succeeded(self.run(args), &format!("podman {args:?}"))
+        Podman { p }
     }
 
     /// `podman run -d` of busybox's httpd serving the page on port 80,
@@ -145,18 +102,6 @@ network_config_dir = "/etc/cni/net.d"
             "/www",
         ]);
         id.trim().to_owned()
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{}", self.sb.tag)
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // Let podman tear down what it still holds (CNI DEL included) before
-        // the sandbox kills whatever is left.
-        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
     }
 }
 
