@@ -43,7 +43,7 @@ fn env() -> Env {
 }
 
 /// A network config as a plugin reads it: the common fields, then each
-/// plugin's own, then its previous result.
+/// plugin's own (bridge, host-local, portmap, ptp), then its previous result.
 pub fn netconf(data: &[u8]) {
     let Ok(req) = Request::parse(env(), data.to_vec()) else {
         return;
@@ -51,6 +51,7 @@ pub fn netconf(data: &[u8]) {
     let _ = bridge::config::BridgeConf::load(&req);
     let _ = host_local::config::IpamConfig::load(&req);
     let _ = portmap::config::PortMapConf::load(&req);
+    let _ = ptp::config::PtpConf::load(&req);
     let _ = req.conf.prev_result();
     let _ = req.gc_attachments();
 }
