@@ -28,6 +28,7 @@ build:
 
 release:
 	RUSTFLAGS="$(wordlist 2,9,$(STATIC))" $(CARGO) build --release --locked --target $(TARGET) --workspace --bins
+	./scripts/stamp.sh $(RELEASE_DIR)
 
 lint:
 	$(CARGO) fmt --all -- --check

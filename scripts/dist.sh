@@ -49,6 +49,8 @@ fi
 read -r triple rustflags < <(scripts/static-target.sh)
 RUSTFLAGS="${rustflags:-}" "${CARGO:-cargo}" build --release --locked --target "$triple" --workspace --bins
 bin=${CARGO_TARGET_DIR:-target}/$triple/release
+# One build id in every plugin: in-process IPAM between plugins of a build.
+scripts/stamp.sh "$bin"
 
 # --- no run-time dependencies ----------------------------------------------
 # Every binary is static: no NEEDED entry, no program interpreter, so it runs

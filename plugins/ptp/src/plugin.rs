@@ -5,7 +5,7 @@ use std::path::Path;
 use cni_kernel::packet_route::address::AddressFlags;
 use cni_kernel::packet_route::link::InfoKind;
 use cni_kernel::{Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, sysctl};
-use cni_types::invoke::{delegate, delegate_target};
+use cni_types::invoke::{delegate_request, delegate_target};
 use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
@@ -52,7 +52,9 @@ fn owner<'a>(conf: &'a PtpConf, req: &'a Request) -> NftOwner<'a> {
 
 fn ipam(conf: &PtpConf, req: &Request, command: Command) -> Result<Option<CniResult>> {
     let ty = conf.ipam_type().expect("checked when loaded");
-    Ok(delegate(ty, command, &req.env, &req.stdin, req.version)?)
+    // Our own host-local, of this very build, runs in-process.
+    let local: [(&str, &dyn Plugin); 1] = [("host-local", &host_local::plugin::HostLocal)];
+    Ok(delegate_request(ty, command, req, &local)?)
 }
 
 /// What ADD has done so far, so that a failure can undo exactly that.
