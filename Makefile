@@ -16,7 +16,7 @@ RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release
 # dist/cni-rs-linux-<arch>-v<version>.tgz, absolute (scripts/dist.sh names it)
 DIST_TARBALL = $(shell ./scripts/dist.sh --path)
 
-.PHONY: all deps build release lint test demo install install-tools dist clean print-release-dir
+.PHONY: all deps build release lint test demo install install-tools dist clean print-release-dir bench
 
 all: build
 
@@ -28,7 +28,7 @@ build:
 
 release:
 	RUSTFLAGS="$(wordlist 2,9,$(STATIC))" $(CARGO) build --release --locked --target $(TARGET) --workspace --bins
-	./scripts/stamp.sh $(RELEASE_DIR)
+	./scripts/stamp.sh $(RELEASE_DIR) cni-floor
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -43,6 +43,21 @@ test: deps lint build dist
 	@[ "$$(id -u)" -eq 0 ] || { echo "make test needs root: the tests create network namespaces" >&2; exit 1; }
 	CNI_RS_DIST=$(abspath $(DIST_TARBALL)) CNI_RS_RELEASE_DIR=$(abspath $(RELEASE_DIR)) $(CARGO) test --workspace
 	./scripts/leakcheck.sh
+
+# The benchmark report (bench/README.md): the chains at 0, 100, 500 and
+# 1,000 existing containers against the reference and the floor, parallel
+# churn, host-local at 0 and 5,000 reservations; bench/results/<date>.md
+# with the raw CSVs and the plots. Needs root; takes about 15 minutes.
+BENCH_ROUNDS ?= 20
+BENCH_SIZES ?= 0,100,500,1000
+# Debian's Python, where python3-matplotlib goes.
+PYTHON ?= /usr/bin/python3
+bench: deps release
+	@[ "$$(id -u)" -eq 0 ] || { echo "make bench needs root: it creates network namespaces" >&2; exit 1; }
+	./scripts/deps.sh --bench
+	cd bench && $(PYTHON) chain_bench.py $(BENCH_ROUNDS) $(BENCH_SIZES)
+	cd bench && $(PYTHON) host_local_bench.py 100 0 5000
+	cd bench && $(PYTHON) report.py
 
 # Where `make release` puts the static binaries (deploy/kubernetes/build-image.sh).
 print-release-dir:

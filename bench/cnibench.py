@@ -29,13 +29,13 @@ def build_launcher():
     return out
 
 
-def run(launcher, binary, env, stdin, netns=None):
-    """Run one plugin invocation, inside `netns` if given; return (wall ms,
-    peak RSS KiB, stdout)."""
+def run(launcher, binary, env, stdin, netns=None, args=()):
+    """Run one plugin invocation (with `args`), inside `netns` if given;
+    return (wall ms, peak RSS KiB, stdout)."""
     r, w = os.pipe()
     full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
     where = ["--netns", netns] if netns else []
-    p = subprocess.run([launcher, str(w), *where, binary], input=stdin, env=full_env, capture_output=True, pass_fds=(w,))
+    p = subprocess.run([launcher, str(w), *where, binary, *args], input=stdin, env=full_env, capture_output=True, pass_fds=(w,))
     os.close(w)
     with os.fdopen(r) as f:
         ns, rss = f.read().split()

@@ -20,6 +20,10 @@ packages=(
   python3-grpcio  # tests/tools/cri.py speaks the CRI to containerd as kubelet would (no kubelet or crictl in Debian 12)
   python3-yaml    # tests/tests/deploy.rs reads the kind config and the DaemonSet manifest
 )
+# `--bench`: also what `make bench` needs (the report's plots).
+if [[ ${1:-} == --bench ]]; then
+  packages+=(python3-matplotlib gcc libc6-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

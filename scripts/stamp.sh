@@ -10,13 +10,17 @@
 # (the release tarball stays reproducible). Stamping again first removes an
 # old stamp.
 #
-#   scripts/stamp.sh DIR   stamp DIR/{bridge,host-local,loopback,portmap,ptp}
+#   scripts/stamp.sh DIR [EXTRA ...]
+#     stamp DIR/{bridge,host-local,loopback,portmap,ptp}, and DIR/EXTRA
+#     (e.g. the benchmarks' cni-floor) with the same id
 set -euo pipefail
-dir=${1:?usage: stamp.sh DIR}
+dir=${1:?usage: stamp.sh DIR [EXTRA ...]}
+shift
 plugins=(bridge host-local loopback portmap ptp)
+extras=("$@")
 magic=CNIRS-BUILD1
 
-for p in "${plugins[@]}"; do
+for p in "${plugins[@]}" "${extras[@]}"; do
   f=$dir/$p
   [[ -f $f ]] || { echo "stamp: $f missing" >&2; exit 1; }
   if [[ $(tail -c 64 "$f" | head -c 12 | tr -d '\000') == "$magic" ]]; then
@@ -24,7 +28,7 @@ for p in "${plugins[@]}"; do
   fi
 done
 id=$(for p in "${plugins[@]}"; do cat "$dir/$p"; done | sha256sum | cut -c1-32)
-for p in "${plugins[@]}"; do
+for p in "${plugins[@]}" "${extras[@]}"; do
   printf '%s%s%s' "$magic" "$id" "$p" >>"$dir/$p"
   head -c $((20 - ${#p})) /dev/zero >>"$dir/$p"
 done

@@ -246,6 +246,15 @@ fn ctr_run_cni_serves_on_our_network_and_the_empty_netns_del_cleans_up() {
         "no addresses for the container: {}",
         c.sb.log("web.log")
     );
+    // The reservations are made early in ADD; its last step is the
+    // masquerade: wait for the whole ADD before reading the kernel state.
+    assert!(
+        wait_for_runtime(
+            || !chain_names(&objects(&c.sb.host, "inet"), &format!("masq/{NET}/")).is_empty()
+        ),
+        "the container's ADD did not finish: {}",
+        c.sb.log("web.log")
+    );
     let held = reservations_in(&store);
     let addr = |v4: bool| -> String {
         held.iter()

@@ -21,7 +21,7 @@ fn repo(path: &str) -> PathBuf {
 /// A YAML file as JSON (python3-yaml: Debian's, installed by deps.sh).
 fn yaml(path: &Path) -> Value {
     let out = cni_tests::must(
-        "python3",
+        "/usr/bin/python3",
         &[
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
