@@ -197,20 +197,29 @@ def main():
                 t0 = time.monotonic()
                 w.grow(launcher, n)
                 print(f"{w.impl}: {n} containers ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+            # The rounds' namespaces are made before and removed after the
+            # measurements: the kernel tears a namespace down asynchronously,
+            # and that work must not land inside the next measurement.
+            fresh = []
+            for i in range(ROUNDS):
+                for chain in CHAINS:
+                    for impl in IMPLS:
+                        name = f"cnirs-cb-{TAG}-r{i}-{CHAINS.index(chain)}-{impl[0]}"
+                        subprocess.run(["ip", "netns", "add", name], check=True)
+                        fresh.append(name)
             for i in range(ROUNDS):
                 for chain in CHAINS:
                     order = IMPLS if i % 2 == 0 else IMPLS[::-1]
                     for impl in order:
                         w = worlds[impl]
-                        name = f"cnirs-cb-{TAG}-round-{impl[0]}"
-                        subprocess.run(["ip", "netns", "add", name], check=True)
-                        netns = f"/run/netns/{name}"
-                        cid, port = f"round-{i}", 40000 + i
+                        netns = f"/run/netns/cnirs-cb-{TAG}-r{i}-{CHAINS.index(chain)}-{impl[0]}"
+                        cid, port = f"round-{i}-{chain}", 40000 + i * 10 + CHAINS.index(chain)
                         a, arss, aprocs, res = w.chain(launcher, "ADD", chain, cid, netns, port)
                         d, drss, dprocs, _ = w.chain(launcher, "DEL", chain, cid, netns, port, result=res)
                         rows.append((n, i, impl, chain, "ADD", round(a, 4), arss, aprocs))
                         rows.append((n, i, impl, chain, "DEL", round(d, 4), drss, dprocs))
-                        subprocess.run(["ip", "netns", "del", name], check=True)
+            for name in fresh:
+                subprocess.run(["ip", "netns", "del", name], check=True)
         for impl in ("cni-rs", "reference"):
             wall, adds, dels = churn(launcher, worlds[impl])
             churn_rows += [(impl, "ADD", round(x, 4)) for x in adds] + [(impl, "DEL", round(x, 4)) for x in dels]

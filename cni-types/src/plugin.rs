@@ -153,11 +153,12 @@ pub fn run(plugin: &dyn Plugin) -> ! {
         Outcome::Output(v) => (v, 0),
         Outcome::Failed(e, version) => (e.to_json(&version), 1),
     };
+    // One write: stdout is line-buffered, and a pretty result written
+    // through it directly costs a system call per line.
+    let mut text = serde_json::to_vec_pretty(&value).expect("a JSON value serialises");
+    text.push(b'\n');
     let mut out = std::io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut out, &value)
-        .map_err(std::io::Error::from)
-        .and_then(|_| out.write_all(b"\n"))
-        .and_then(|_| out.flush());
+    let written = out.write_all(&text).and_then(|_| out.flush());
     if let Err(e) = written {
         eprintln!("cannot write to stdout: {e}");
         std::process::exit(1);
