@@ -188,6 +188,7 @@ def main():
     launcher = build_launcher()
     root = tempfile.mkdtemp(prefix="cnirs-chainbench-", dir="/var/tmp")
     worlds = {}
+    fresh = []
     rows, churn_rows = [], []
     try:
         for impl in IMPLS:
@@ -200,7 +201,6 @@ def main():
             # The rounds' namespaces are made before and removed after the
             # measurements: the kernel tears a namespace down asynchronously,
             # and that work must not land inside the next measurement.
-            fresh = []
             for i in range(ROUNDS):
                 for chain in CHAINS:
                     for impl in IMPLS:
@@ -213,18 +213,21 @@ def main():
                     for impl in order:
                         w = worlds[impl]
                         netns = f"/run/netns/cnirs-cb-{TAG}-r{i}-{CHAINS.index(chain)}-{impl[0]}"
-                        cid, port = f"round-{i}-{chain}", 40000 + i * 10 + CHAINS.index(chain)
+                        cid, port = f"round-{i}-{CHAINS.index(chain)}", 40000 + i * 10 + CHAINS.index(chain)
                         a, arss, aprocs, res = w.chain(launcher, "ADD", chain, cid, netns, port)
                         d, drss, dprocs, _ = w.chain(launcher, "DEL", chain, cid, netns, port, result=res)
                         rows.append((n, i, impl, chain, "ADD", round(a, 4), arss, aprocs))
                         rows.append((n, i, impl, chain, "DEL", round(d, 4), drss, dprocs))
             for name in fresh:
                 subprocess.run(["ip", "netns", "del", name], check=True)
+            fresh.clear()
         for impl in ("cni-rs", "reference"):
             wall, adds, dels = churn(launcher, worlds[impl])
             churn_rows += [(impl, "ADD", round(x, 4)) for x in adds] + [(impl, "DEL", round(x, 4)) for x in dels]
             churn_rows.append((impl, "wall_s", round(wall, 3)))
     finally:
+        for name in fresh:
+            subprocess.run(["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL)
         for w in worlds.values():
             w.remove()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain};
+use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain, teardown};
 use cni_types::invoke::delegate_request;
 use cni_types::{
     Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
@@ -263,13 +263,15 @@ fn del(req: &Request) -> Result<()> {
         } else {
             Ok(())
         };
-        let link = remove_container_link(req).and_then(|gone| {
-            if gone {
-                Ok(())
-            } else {
-                remove_host_veth(req, &conf)
-            }
-        });
+        let link = teardown::delete_in_netns(req.env.netns.as_deref(), &req.env.ifname)
+            .map_err(BridgeError::from)
+            .and_then(|gone| {
+                if gone {
+                    Ok(())
+                } else {
+                    remove_host_veth(req, &conf)
+                }
+            });
         let rules = rules
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -288,47 +290,18 @@ fn remove_host_veth(req: &Request, conf: &BridgeConf) -> Result<()> {
     let Ok(Some(prev)) = req.conf.prev_result() else {
         return Ok(());
     };
-    let mut nl = Netlink::open()?;
-    let Some(br) = nl.link_by_name(&conf.bridge)? else {
+    let Some(br) = Netlink::open()?.link_by_name(&conf.bridge)? else {
         return Ok(());
     };
-    let expected = cni_kernel::link::owner_alias(&owner(conf, req));
-    for i in prev
+    let names = prev
         .interfaces
         .iter()
         .filter(|i| i.sandbox.is_empty() && i.name != conf.bridge)
-    {
-        if let Some(l) = nl.link_by_name(&i.name)?
-            && l.kind == Some(cni_kernel::packet_route::link::InfoKind::Veth)
-            && l.controller == Some(br.index)
-            && l.alias.as_deref() == Some(expected.as_str())
-        {
-            match nl.delete_link(l.index) {
-                Err(e) if !e.is_not_found() => return Err(e.into()),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Delete the container's interface (and with it the pair). Returns false
-/// when there was no namespace to look in.
-fn remove_container_link(req: &Request) -> Result<bool> {
-    let Some(path) = req.env.netns.as_deref() else {
-        return Ok(false);
-    };
-    let Some(netns) = Netns::open_if_exists(path)? else {
-        return Ok(false);
-    };
-    let mut nl = netns.netlink()?;
-    if let Some(link) = nl.link_by_name(&req.env.ifname)? {
-        match nl.delete_link(link.index) {
-            Err(e) if !e.is_not_found() => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Ok(true)
+        .map(|i| i.name.as_str());
+    let alias = cni_kernel::link::owner_alias(&owner(conf, req));
+    Ok(teardown::delete_owned_veths(names, &alias, |l| {
+        l.controller == Some(br.index)
+    })?)
 }
 
 /// The network as ADD left it: bridge, veth pair on it, container addresses

@@ -18,6 +18,7 @@ pub mod nftables;
 pub mod owner_chain;
 pub mod route;
 pub mod sysctl;
+pub mod teardown;
 
 pub use addr::Address;
 pub use error::KernelError;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use cni_kernel::packet_route::address::AddressFlags;
 use cni_kernel::packet_route::link::InfoKind;
-use cni_kernel::{Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, sysctl};
+use cni_kernel::{Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, sysctl, teardown};
 use cni_types::invoke::{delegate_request, delegate_target};
 use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
@@ -218,10 +218,13 @@ fn del(req: &Request) -> Result<()> {
             false => Ok(()),
         });
         let ipam = ipam(&conf, req, Command::Del).map(|_| ());
-        let link = remove_container_link(req).and_then(|gone| match gone {
-            true => Ok(()),
-            false => remove_host_veth(req, &conf),
-        });
+        // The container's end (its pair and the host's routes through it).
+        let link = teardown::delete_in_netns(req.env.netns.as_deref(), &req.env.ifname)
+            .map_err(PtpError::from)
+            .and_then(|gone| match gone {
+                true => Ok(()),
+                false => remove_host_veth(req, &conf),
+            });
         let masq = masq
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -231,45 +234,19 @@ fn del(req: &Request) -> Result<()> {
     ipam.and(masq).and(link)
 }
 
-/// Delete the container's interface (and with it the pair and the host's
-/// routes through it). Returns false when there was no namespace to look in.
-fn remove_container_link(req: &Request) -> Result<bool> {
-    let Some(path) = req.env.netns.as_deref() else {
-        return Ok(false);
-    };
-    let Some(netns) = Netns::open_if_exists(path)? else {
-        return Ok(false);
-    };
-    let mut nl = netns.netlink()?;
-    if let Some(link) = nl.link_by_name(&req.env.ifname)? {
-        match nl.delete_link(link.index) {
-            Err(e) if !e.is_not_found() => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Ok(true)
-}
-
 /// Without a namespace, the previous result names the host end: delete it
 /// only if its alias names this attachment (a prevResult may name anyone's).
 fn remove_host_veth(req: &Request, conf: &PtpConf) -> Result<()> {
     let Ok(Some(prev)) = req.conf.prev_result() else {
         return Ok(());
     };
-    let mut nl = Netlink::open()?;
-    let expected = cni_kernel::link::owner_alias(&owner(conf, req));
-    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
-        if let Some(l) = nl.link_by_name(&i.name)?
-            && l.kind == Some(InfoKind::Veth)
-            && l.alias.as_deref() == Some(expected.as_str())
-        {
-            match nl.delete_link(l.index) {
-                Err(e) if !e.is_not_found() => return Err(e.into()),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+    let names = prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.is_empty())
+        .map(|i| i.name.as_str());
+    let alias = cni_kernel::link::owner_alias(&owner(conf, req));
+    Ok(teardown::delete_owned_veths(names, &alias, |_| true)?)
 }
 
 /// The network as ADD left it: the container interface of the previous
