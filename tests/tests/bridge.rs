@@ -675,6 +675,19 @@ fn dual_stack_with_ipv6_reachable_at_once() {
         ],
     );
     assert_eq!(dad.trim(), "0");
+    // Gratuitous ARP on up (set through netlink, not /proc/sys).
+    let notify = must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &a.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.conf.eth0.arp_notify",
+        ],
+    );
+    assert_eq!(notify.trim(), "1");
 }
 
 #[test]

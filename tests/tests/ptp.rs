@@ -159,6 +159,19 @@ fn pods_reach_each_other_and_the_host_through_the_reference_route_layout() {
             .any(|r| r.0 == format!("fd30:{}::/64", w.n) && r.1 == w.ip6(1)),
         "{v6:?}"
     );
+    // Gratuitous ARP on up (set through netlink, not /proc/sys).
+    let notify = cni_tests::must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &a.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.conf.eth0.arp_notify",
+        ],
+    );
+    assert_eq!(notify.trim(), "1");
     // The MTU of both ends.
     assert_eq!(a.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1400);
 

@@ -19,8 +19,12 @@ pub struct Setup<'a> {
 pub fn configure(netns: &Netns, nl: &mut Netlink, s: &Setup) -> Result<Link> {
     let if_ = s.ifname;
     let has_v6 = s.ips.iter().any(|i| i.address.is_ipv6());
-    netns.run(|| sysctl::prepare_container_iface(if_, has_v6, s.enable_dad))??;
+    if has_v6 {
+        netns.run(|| sysctl::prepare_container_iface_v6(if_, s.enable_dad))??;
+    }
     let link = nl.require_link(if_)?;
+    // Neighbours learn the new MAC at once (gratuitous ARP on up).
+    nl.set_inet_conf(link.index, |c| c.arp_notify = 1)?;
     for ip in s.ips {
         nl.add_address(link.index, ip.address)?;
     }

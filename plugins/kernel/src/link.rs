@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    BridgeVlanInfoFlags, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecUnspec, BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoData, InfoKind,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use nix::errno::Errno;
 use rtnetlink::{
@@ -213,6 +213,20 @@ impl Netlink {
             }
         }
         Err(last.expect("five attempts failed"))
+    }
+
+    /// Set IPv4 settings of a link (its `net.ipv4.conf.<link>.*`) through
+    /// RTM_SETLINK (IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF) rather than
+    /// /proc/sys, whose look-ups slow down with every namespace on the
+    /// machine. Only the fields `set` makes non-zero are written.
+    pub fn set_inet_conf(&mut self, index: u32, set: impl FnOnce(&mut InetDevConf)) -> Result<()> {
+        let mut conf = InetDevConf::default();
+        set(&mut conf);
+        let spec = AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)]);
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![spec]))
+            .build();
+        self.execute("set ipv4 settings", RouteNetlinkMessage::SetLink(msg), 0)
     }
 
     /// Set a link's alias (and bring it up) in one request.

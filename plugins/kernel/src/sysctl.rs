@@ -36,18 +36,16 @@ pub fn write(key: &str, value: &str) -> Result<()> {
     })
 }
 
-/// A container interface's settings, before its addresses: neighbours learn
-/// its MAC at once (gratuitous ARP on up); with IPv6, IPv6 on, addresses
-/// kept while down, and unless `dad`, no duplicate address detection (the
-/// address is usable at once instead of after about a second).
-pub fn prepare_container_iface(ifname: &str, v6: bool, dad: bool) -> Result<()> {
-    write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
-    if v6 {
-        write(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-        write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1")?;
-        if !dad {
-            write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
-        }
+/// A container interface's IPv6 settings, before its addresses: IPv6 on,
+/// addresses kept while down, and unless `dad`, no duplicate address
+/// detection (the address is usable at once instead of after about a
+/// second). The kernel has no netlink setter for these; its IPv4 settings
+/// go through [`crate::Netlink::set_inet_conf`].
+pub fn prepare_container_iface_v6(ifname: &str, dad: bool) -> Result<()> {
+    write(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+    write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1")?;
+    if !dad {
+        write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
     }
     Ok(())
 }

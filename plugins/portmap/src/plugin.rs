@@ -1,8 +1,8 @@
 use std::collections::BTreeSet;
 
 use crate::rules::{self, Mapping, NftOwner, Proto, Setup};
+use cni_kernel::Netlink;
 use cni_kernel::conntrack::{self, Family};
-use cni_kernel::{Netlink, sysctl};
 use cni_types::{CniError, CniResult, Code, Plugin, Request};
 
 use crate::config::PortMapConf;
@@ -90,10 +90,8 @@ fn after_add(conf: &PortMapConf, mappings: &[Mapping], targets: &Targets) -> Res
         && let Some(v4) = targets.v4
     {
         let mut nl = Netlink::open()?;
-        if let Some(oif) = nl.route_oif(v4.ip())?
-            && let Some(link) = nl.link_by_index(oif)?
-        {
-            sysctl::write(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;
+        if let Some(oif) = nl.route_oif(v4.ip())? {
+            nl.set_inet_conf(oif, |c| c.route_localnet = 1)?;
         }
     }
     flush_udp(mappings);

@@ -178,9 +178,12 @@ fn configure_container(
     ips: &[IpConfig],
     result_routes: &[cni_types::Route],
 ) -> Result<Link> {
-    let has_v6 = ips.iter().any(|i| i.address.is_ipv6());
-    netns.run(|| sysctl::prepare_container_iface(ifname, has_v6, false))??;
+    if ips.iter().any(|i| i.address.is_ipv6()) {
+        netns.run(|| sysctl::prepare_container_iface_v6(ifname, false))??;
+    }
     let link = nl.require_link(ifname)?;
+    // Neighbours learn the new MAC at once (gratuitous ARP on up).
+    nl.set_inet_conf(link.index, |c| c.arp_notify = 1)?;
     for ip in ips {
         let mut flags = AddressFlags::Noprefixroute;
         if ip.address.is_ipv6() {
