@@ -269,6 +269,14 @@ fn del_without_netns_deletes_only_its_own_veth() {
     let y_veth = host_of(&ry);
     let alias = |name: &str| w.host.ip_json(&["-d", "link", "show", name])[0]["ifalias"].clone();
     assert_eq!(alias(&y_veth), json!("cni-rs brnet/ctr-y/eth0"));
+    // A bridge port has no IPv6 address of its own (addrgenmode none).
+    let port = &w.host.ip_json(&["-d", "link", "show", &y_veth])[0];
+    assert_eq!(port["inet6_addr_gen_mode"], "none", "{port}");
+    assert!(
+        w.host.addrs(&y_veth).is_empty(),
+        "{:?}",
+        w.host.addrs(&y_veth)
+    );
     // X's DEL, fed Y's result: X's address goes, Y's veth stays.
     let mut forged = c.clone();
     forged["prevResult"] = ry.clone();

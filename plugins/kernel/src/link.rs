@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    AfSpecInet, AfSpecUnspec, BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoData, InfoKind,
-    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeVlanInfoFlags, In6AddrGenMode, InetDevConf,
+    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use nix::errno::Errno;
 use rtnetlink::{
@@ -238,13 +238,29 @@ impl Netlink {
         self.execute("set alias", RouteNetlinkMessage::SetLink(msg), 0)
     }
 
-    /// Attach a link to a bridge, setting its alias in the same request.
+    /// Attach a link to a bridge as a port, setting its alias in the same
+    /// request, and with no IPv6 addresses of its own (`addrgenmode none`):
+    /// a bridge port needs none, and each link-local would add routes to
+    /// the host's table and a DAD run per container. On a host without
+    /// IPv6 (no AF_INET6 to configure) the port is attached without it.
     pub fn set_controller(&mut self, index: u32, controller: u32, alias: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .controller(controller)
-            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()))
-            .build();
-        self.execute("attach link", RouteNetlinkMessage::SetLink(msg), 0)
+        let build = |no_v6: bool| {
+            let mut b = LinkUnspec::new_with_index(index)
+                .controller(controller)
+                .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()));
+            if no_v6 {
+                let spec =
+                    AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)]);
+                b = b.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![spec]));
+            }
+            RouteNetlinkMessage::SetLink(b.build())
+        };
+        match self.execute("attach link", build(true), 0) {
+            Err(e) if e.errno() == Some(Errno::EAFNOSUPPORT) => {
+                self.execute("attach link", build(false), 0)
+            }
+            other => other,
+        }
     }
 
     pub fn set_promiscuous(&mut self, index: u32, on: bool) -> Result<()> {
