@@ -115,6 +115,10 @@ def main():
         size = lambda d: os.path.getsize(os.path.join(d, b)) if os.path.exists(os.path.join(d, b)) else 0
         lines.append(f"| {b} | {size(OURS_DIR)} | {size(REF_DIR)} |")
     lines.append("")
+    # A hand-written analysis of the run (where the time goes), if any.
+    analysis = os.path.join(RES, f"{DATE}-analysis.md")
+    if os.path.exists(analysis):
+        lines += [open(analysis).read().rstrip(), ""]
     plot(data, sizes, chains, os.path.join(RES, f"chains-{DATE}.png"))
     out = os.path.join(RES, f"{DATE}.md")
     with open(out, "w") as f:
