@@ -138,23 +138,30 @@ fn the_install_image_installs_atomically_and_the_plugins_run() {
         "/etc/cni-rs/10-kindnet.conflist",
         &std::fs::read_to_string(repo("conf/10-kindnet.conflist")).unwrap(),
     );
-    p.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--cgroup-parent",
-        &p.cgroup_parent(),
-        "-v",
-        "/opt/cni/bin:/host/opt/cni/bin",
-        "-v",
-        "/etc/cni/net.d:/host/etc/cni/net.d",
-        "-v",
-        "/etc/cni-rs:/config:ro",
-        image,
-        "--conflist",
-        "/config/10-kindnet.conflist",
-    ]);
+    // The image run as the DaemonSet runs it: host directories mounted.
+    let cgroup = p.cgroup_parent();
+    let install = |conflist: &str| {
+        let conflist = format!("/config/{conflist}");
+        p.run(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &cgroup,
+            "-v",
+            "/opt/cni/bin:/host/opt/cni/bin",
+            "-v",
+            "/etc/cni/net.d:/host/etc/cni/net.d",
+            "-v",
+            "/etc/cni-rs:/config:ro",
+            image,
+            "--conflist",
+            &conflist,
+        ])
+    };
+    let out = install("10-kindnet.conflist");
+    assert!(out.status.success(), "{out:?}");
     let bin = sb.changed("/opt/cni/bin");
     let mut names: Vec<String> = std::fs::read_dir(&bin)
         .unwrap()
@@ -189,23 +196,7 @@ fn the_install_image_installs_atomically_and_the_plugins_run() {
     }
     // A bad config is refused, and nothing half-written is left.
     sb.write("/etc/cni-rs/bad.conflist", "not json");
-    let out = p.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--cgroup-parent",
-        &p.cgroup_parent(),
-        "-v",
-        "/opt/cni/bin:/host/opt/cni/bin",
-        "-v",
-        "/etc/cni/net.d:/host/etc/cni/net.d",
-        "-v",
-        "/etc/cni-rs:/config:ro",
-        image,
-        "--conflist",
-        "/config/bad.conflist",
-    ]);
+    let out = install("bad.conflist");
     assert!(!out.status.success());
     assert!(!sb.changed("/etc/cni/net.d/bad.conflist").exists());
     let hidden = std::fs::read_dir(sb.changed("/etc/cni/net.d"))

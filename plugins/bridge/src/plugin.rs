@@ -2,7 +2,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain, teardown};
-use cni_types::invoke::delegate_request;
 use cni_types::{
     Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
 };
@@ -57,9 +56,7 @@ fn ipam(conf: &BridgeConf, req: &Request, command: Command) -> Result<Option<Cni
         .as_ref()
         .expect("layer 3 has ipam")
         .plugin_type;
-    // Our own host-local, of this very build, runs in-process.
-    let local: [(&str, &dyn Plugin); 1] = [("host-local", &host_local::plugin::HostLocal)];
-    Ok(delegate_request(ty, command, req, &local)?)
+    Ok(host_local::plugin::delegate_ipam(ty, command, req)?)
 }
 
 /// What ADD has done so far, so that a failure can undo exactly that.

@@ -11,6 +11,19 @@ use crate::store::DiskStore;
 
 pub struct HostLocal;
 
+/// Delegate `command` for `req` to the IPAM plugin `ipam_type`, as a
+/// plugin with IPAM does (bridge, ptp): host-local of this very build runs
+/// in the caller's process, any other binary is exec'd
+/// ([`cni_types::invoke::delegate_request`]).
+pub fn delegate_ipam(
+    ipam_type: &str,
+    command: cni_types::Command,
+    req: &Request,
+) -> Result<Option<CniResult>, CniError> {
+    let local: [(&str, &dyn Plugin); 1] = [("host-local", &HostLocal)];
+    cni_types::invoke::delegate_request(ipam_type, command, req, &local)
+}
+
 /// resolv.conf is a few lines; glibc reads at most a few kilobytes of it.
 const RESOLV_CONF_CAP: u64 = 64 * 1024;
 

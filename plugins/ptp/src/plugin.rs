@@ -5,7 +5,7 @@ use std::path::Path;
 use cni_kernel::packet_route::address::AddressFlags;
 use cni_kernel::packet_route::link::InfoKind;
 use cni_kernel::{Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, sysctl, teardown};
-use cni_types::invoke::{delegate_request, delegate_target};
+use cni_types::invoke::delegate_target;
 use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
@@ -52,9 +52,7 @@ fn owner<'a>(conf: &'a PtpConf, req: &'a Request) -> NftOwner<'a> {
 
 fn ipam(conf: &PtpConf, req: &Request, command: Command) -> Result<Option<CniResult>> {
     let ty = conf.ipam_type().expect("checked when loaded");
-    // Our own host-local, of this very build, runs in-process.
-    let local: [(&str, &dyn Plugin); 1] = [("host-local", &host_local::plugin::HostLocal)];
-    Ok(delegate_request(ty, command, req, &local)?)
+    Ok(host_local::plugin::delegate_ipam(ty, command, req)?)
 }
 
 /// What ADD has done so far, so that a failure can undo exactly that.
