@@ -92,6 +92,13 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// A sysctl's value as this namespace sees it (`sysctl -n KEY`).
+    pub fn sysctl(&self, key: &str) -> String {
+        must("ip", &["netns", "exec", &self.name, "sysctl", "-n", key])
+            .trim()
+            .to_owned()
+    }
+
     pub fn path_str(&self) -> String {
         self.path().display().to_string()
     }

@@ -671,31 +671,9 @@ fn dual_stack_with_ipv6_reachable_at_once() {
         a.ping(&format!("fd00:{}::1", w.n)),
         "a cannot reach the IPv6 gateway"
     );
-    let dad = must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &a.name,
-            "sysctl",
-            "-n",
-            "net.ipv6.conf.eth0.accept_dad",
-        ],
-    );
-    assert_eq!(dad.trim(), "0");
+    assert_eq!(a.sysctl("net.ipv6.conf.eth0.accept_dad"), "0");
     // Gratuitous ARP on up (set through netlink, not /proc/sys).
-    let notify = must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &a.name,
-            "sysctl",
-            "-n",
-            "net.ipv4.conf.eth0.arp_notify",
-        ],
-    );
-    assert_eq!(notify.trim(), "1");
+    assert_eq!(a.sysctl("net.ipv4.conf.eth0.arp_notify"), "1");
 }
 
 #[test]

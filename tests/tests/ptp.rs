@@ -160,18 +160,7 @@ fn pods_reach_each_other_and_the_host_through_the_reference_route_layout() {
         "{v6:?}"
     );
     // Gratuitous ARP on up (set through netlink, not /proc/sys).
-    let notify = cni_tests::must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &a.name,
-            "sysctl",
-            "-n",
-            "net.ipv4.conf.eth0.arp_notify",
-        ],
-    );
-    assert_eq!(notify.trim(), "1");
+    assert_eq!(a.sysctl("net.ipv4.conf.eth0.arp_notify"), "1");
     // The MTU of both ends.
     assert_eq!(a.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1400);
 
@@ -196,18 +185,7 @@ fn pods_reach_each_other_and_the_host_through_the_reference_route_layout() {
     assert!(a.ping(&w.ip(1)), "a cannot reach its gateway");
     assert!(w.host.ping(&w.ip(2)), "the host cannot reach a");
     assert!(w.host.ping(&w.ip6(3)), "the host cannot reach b over IPv6");
-    let fwd = cni_tests::must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &w.host.name,
-            "sysctl",
-            "-n",
-            "net.ipv4.ip_forward",
-        ],
-    );
-    assert_eq!(fwd.trim(), "1");
+    assert_eq!(w.host.sysctl("net.ipv4.ip_forward"), "1");
 
     // DEL leaves nothing: no host end, no route, no reservation.
     for (ns, id) in [(&a, "ctr-a"), (&b, "ctr-b")] {

@@ -85,7 +85,10 @@ pub fn attach(
     veth: &Link,
     owner: &NftOwner,
 ) -> Result<()> {
-    nl.set_controller(veth.index, br.index, &cni_kernel::link::owner_alias(owner))?;
+    // A port needs no IPv6 address of its own: each link-local would add
+    // routes to the host's table and a DAD run per container.
+    let alias = cni_kernel::link::owner_alias(owner);
+    nl.set_controller(veth.index, br.index, &alias, false)?;
     if conf.hairpin_mode || conf.port_isolation {
         nl.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)?;
     }

@@ -1,10 +1,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_kernel::{KernelError, Link, Netlink, Netns, NftOwner, masquerade, owner_chain, teardown};
-use cni_types::{
-    Attachment, CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route,
-};
+use cni_kernel::{Link, Netlink, Netns, NftOwner, masquerade, owner_chain, teardown};
+use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request, Route};
 use ipnetwork::IpNetwork;
 
 use crate::config::{BridgeConf, parse_mac};
@@ -432,46 +430,17 @@ fn gc(req: &Request) -> Result<()> {
     }
     if masquerade::available().is_ok() {
         let owners = masquerade::owners(&conf.net.name);
-        gc_chains(&conf, &keep, owners, masquerade::del, &mut first);
+        if let Err(e) = owner_chain::collect(&conf.net.name, &keep, owners, masquerade::del) {
+            first.get_or_insert(e.into());
+        }
     }
     if spoofcheck::available().is_ok() {
         let owners = spoofcheck::owners(&conf.net.name);
-        gc_chains(&conf, &keep, owners, spoofcheck::del, &mut first);
+        if let Err(e) = owner_chain::collect(&conf.net.name, &keep, owners, spoofcheck::del) {
+            first.get_or_insert(e.into());
+        }
     }
     first.map_or(Ok(()), Err)
-}
-
-/// Delete the chains of `owners` not in `keep`, noting the first failure.
-fn gc_chains(
-    conf: &BridgeConf,
-    keep: &[Attachment],
-    owners: Result<Vec<(String, String)>, KernelError>,
-    del: fn(&NftOwner) -> Result<(), KernelError>,
-    first: &mut Option<BridgeError>,
-) {
-    let owners = match owners {
-        Ok(owners) => owners,
-        Err(e) => {
-            first.get_or_insert(e.into());
-            return;
-        }
-    };
-    for (id, ifname) in owners {
-        if keep
-            .iter()
-            .any(|a| a.container_id == id && a.ifname == ifname)
-        {
-            continue;
-        }
-        let o = NftOwner {
-            network: &conf.net.name,
-            container_id: &id,
-            ifname: &ifname,
-        };
-        if let Err(e) = del(&o) {
-            first.get_or_insert(e.into());
-        }
-    }
 }
 
 /// Ready when the kernel has bridges (and nf_tables if masquerading) and the

@@ -239,11 +239,16 @@ impl Netlink {
     }
 
     /// Attach a link to a bridge as a port, setting its alias in the same
-    /// request, and with no IPv6 addresses of its own (`addrgenmode none`):
-    /// a bridge port needs none, and each link-local would add routes to
-    /// the host's table and a DAD run per container. On a host without
-    /// IPv6 (no AF_INET6 to configure) the port is attached without it.
-    pub fn set_controller(&mut self, index: u32, controller: u32, alias: &str) -> Result<()> {
+    /// request; without `ipv6_addresses`, also `addrgenmode none` (no
+    /// link-local, no DAD, no host routes for it). On a host without IPv6
+    /// (no AF_INET6 to configure) the port is attached without that.
+    pub fn set_controller(
+        &mut self,
+        index: u32,
+        controller: u32,
+        alias: &str,
+        ipv6_addresses: bool,
+    ) -> Result<()> {
         let build = |no_v6: bool| {
             let mut b = LinkUnspec::new_with_index(index)
                 .controller(controller)
@@ -255,7 +260,7 @@ impl Netlink {
             }
             RouteNetlinkMessage::SetLink(b.build())
         };
-        match self.execute("attach link", build(true), 0) {
+        match self.execute("attach link", build(!ipv6_addresses), 0) {
             Err(e) if e.errno() == Some(Errno::EAFNOSUPPORT) => {
                 self.execute("attach link", build(false), 0)
             }

@@ -126,6 +126,35 @@ pub fn parse_chain_name(prefix: &str, name: &str, network: &str) -> Option<(Stri
         .then(|| (cid.to_owned(), ifname.to_owned()))
 }
 
+/// GC of one kind of owner chains: delete, through `del`, every owner of
+/// `network` among `owners` (as `owners()` lists them) that `keep` does not
+/// name. Goes on past failures and returns the first.
+pub fn collect(
+    network: &str,
+    keep: &[cni_types::Attachment],
+    owners: Result<Vec<(String, String)>>,
+    del: fn(&NftOwner) -> Result<()>,
+) -> Result<()> {
+    let mut first = None;
+    for (id, ifname) in owners? {
+        if keep
+            .iter()
+            .any(|a| a.container_id == id && a.ifname == ifname)
+        {
+            continue;
+        }
+        let o = NftOwner {
+            network,
+            container_id: &id,
+            ifname: &ifname,
+        };
+        if let Err(e) = del(&o) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// An owner's tag: the data of its elements in a kind's data maps (32 bits
 /// of the SHA-256 of its chain name, a `mark` to nft).
 /// Adding an element with the same key and tag is a no-op for the kernel and

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use cni_kernel::packet_route::address::AddressFlags;
 use cni_kernel::packet_route::link::InfoKind;
-use cni_kernel::{Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, sysctl, teardown};
+use cni_kernel::{
+    Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, owner_chain, sysctl, teardown,
+};
 use cni_types::invoke::delegate_target;
 use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
@@ -370,28 +372,9 @@ fn gc(req: &Request) -> Result<()> {
         first.get_or_insert(e);
     }
     if masquerade::available().is_ok() {
-        match masquerade::owners(&conf.net.name) {
-            Err(e) => {
-                first.get_or_insert(e.into());
-            }
-            Ok(owners) => {
-                for (id, ifname) in owners {
-                    if keep
-                        .iter()
-                        .any(|a| a.container_id == id && a.ifname == ifname)
-                    {
-                        continue;
-                    }
-                    let o = NftOwner {
-                        network: &conf.net.name,
-                        container_id: &id,
-                        ifname: &ifname,
-                    };
-                    if let Err(e) = masquerade::del(&o) {
-                        first.get_or_insert(e.into());
-                    }
-                }
-            }
+        let owners = masquerade::owners(&conf.net.name);
+        if let Err(e) = owner_chain::collect(&conf.net.name, &keep, owners, masquerade::del) {
+            first.get_or_insert(e.into());
         }
     }
     first.map_or(Ok(()), Err)
