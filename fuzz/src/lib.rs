@@ -108,14 +108,14 @@ pub fn conditions(data: &[u8]) {
 
 /// A datagram of rtnetlink replies, and our reading of the links in it.
 pub fn rtnetlink(data: &[u8]) {
-    use cni_kernel::netlink::Socket;
+    use cni_kernel::netlink::{Rt, Socket};
     use netlink_packet_core::NetlinkPayload;
     use netlink_packet_route::RouteNetlinkMessage;
-    let Ok(messages) = Socket::<RouteNetlinkMessage>::decode(data) else {
+    let Ok(messages) = Socket::<Rt>::decode(data) else {
         return;
     };
     for m in messages {
-        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload {
+        if let NetlinkPayload::InnerMessage(Rt(RouteNetlinkMessage::NewLink(l))) = m.payload {
             let _ = cni_kernel::Link::from_message(l);
         }
     }

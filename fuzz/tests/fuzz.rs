@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cni_fuzz::mutate::{Rng, mutate};
 use cni_fuzz::{TARGETS, Target};
-use cni_kernel::netlink::Socket;
+use cni_kernel::netlink::{Rt, Socket};
 use cni_kernel::nft_expr as e;
 use cni_kernel::nftables::{self, BaseHook, Batch, Elem, ElemData, Family, SetData, SetSpec};
 use netlink_packet_netfilter::NetfilterMessage;
@@ -62,12 +62,7 @@ fn rtnetlink_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for (i, m) in messages.into_iter().enumerate() {
         let mut buf = Vec::new();
-        Socket::<RouteNetlinkMessage>::encode(
-            &mut buf,
-            RouteNetlinkMessage::NewLink(m),
-            0,
-            i as u32,
-        );
+        Socket::<Rt>::encode(&mut buf, Rt(RouteNetlinkMessage::NewLink(m)), 0, i as u32);
         all.extend_from_slice(&buf);
         out.push(buf);
     }

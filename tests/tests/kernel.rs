@@ -113,3 +113,50 @@ fn missing_and_wrong_namespaces() {
         cni_types::Code::INVALID_ENV
     );
 }
+
+/// The namespace a path or the calling thread is in, by inode.
+fn ns_ino(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn run_enters_on_the_calling_thread_and_always_returns() {
+    let a = TestNs::new("runa");
+    let b = TestNs::new("runb");
+    let (na, nb) = (
+        Netns::open(a.path()).unwrap(),
+        Netns::open(b.path()).unwrap(),
+    );
+    let own = ns_ino("/proc/thread-self/ns/net");
+    let (a_ino, b_ino) = (
+        ns_ino(a.path().to_str().unwrap()),
+        ns_ino(b.path().to_str().unwrap()),
+    );
+    let caller = std::thread::current().id();
+
+    // Inside, on this very thread; nested, and back out level by level.
+    let seen = na
+        .run(|| {
+            assert_eq!(std::thread::current().id(), caller);
+            let inner = nb.run(|| ns_ino("/proc/thread-self/ns/net")).unwrap();
+            (ns_ino("/proc/thread-self/ns/net"), inner)
+        })
+        .unwrap();
+    assert_eq!(seen, (a_ino, b_ino));
+    assert_eq!(ns_ino("/proc/thread-self/ns/net"), own);
+
+    // A panic inside still brings the thread home.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        na.run(|| panic!("inside")).unwrap();
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(ns_ino("/proc/thread-self/ns/net"), own);
+
+    // Sysctls opened inside are the namespace's own.
+    na.run(|| sysctl::write("net/ipv4/ip_forward", "1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.sysctl("net.ipv4.ip_forward"), "1");
+    assert_eq!(b.sysctl("net.ipv4.ip_forward"), "0");
+}
