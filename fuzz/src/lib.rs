@@ -106,7 +106,8 @@ pub fn conditions(data: &[u8]) {
     let _ = portmap::conditions::parse(&lines, true);
 }
 
-/// A datagram of rtnetlink replies, and our reading of the links in it.
+/// A datagram of rtnetlink replies, and our reading of the links and
+/// netconf settings in it.
 pub fn rtnetlink(data: &[u8]) {
     use cni_kernel::netlink::{Rt, Socket};
     use netlink_packet_core::NetlinkPayload;
@@ -115,8 +116,14 @@ pub fn rtnetlink(data: &[u8]) {
         return;
     };
     for m in messages {
-        if let NetlinkPayload::InnerMessage(Rt(RouteNetlinkMessage::NewLink(l))) = m.payload {
-            let _ = cni_kernel::Link::from_message(l);
+        match m.payload {
+            NetlinkPayload::InnerMessage(Rt::Route(RouteNetlinkMessage::NewLink(l))) => {
+                let _ = cni_kernel::Link::from_message(l);
+            }
+            NetlinkPayload::InnerMessage(Rt::NetConf(c)) => {
+                let _ = c.value(cni_kernel::netlink::NetConf::FORWARDING);
+            }
+            _ => {}
         }
     }
 }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use cni_fuzz::mutate::{Rng, mutate};
 use cni_fuzz::{TARGETS, Target};
-use cni_kernel::netlink::{Rt, Socket};
+use cni_kernel::netlink::{NetConf, Rt, Socket};
 use cni_kernel::nft_expr as e;
 use cni_kernel::nftables::{self, BaseHook, Batch, Elem, ElemData, Family, SetData, SetSpec};
+use netlink_packet_core::DefaultNla;
 use netlink_packet_netfilter::NetfilterMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -62,10 +63,28 @@ fn rtnetlink_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for (i, m) in messages.into_iter().enumerate() {
         let mut buf = Vec::new();
-        Socket::<Rt>::encode(&mut buf, Rt(RouteNetlinkMessage::NewLink(m)), 0, i as u32);
+        Socket::<Rt>::encode(
+            &mut buf,
+            Rt::Route(RouteNetlinkMessage::NewLink(m)),
+            0,
+            i as u32,
+        );
         all.extend_from_slice(&buf);
         out.push(buf);
     }
+    // A netconf answer: ifindex "all", forwarding on.
+    let conf = NetConf {
+        message_type: cni_kernel::netlink::RTM_NEWNETCONF,
+        family: 2,
+        attributes: vec![
+            DefaultNla::new(1, (-1i32).to_ne_bytes().to_vec()),
+            DefaultNla::new(NetConf::FORWARDING, 1i32.to_ne_bytes().to_vec()),
+        ],
+    };
+    let mut buf = Vec::new();
+    Socket::<Rt>::encode(&mut buf, Rt::NetConf(conf), 0, 9);
+    all.extend_from_slice(&buf);
+    out.push(buf);
     out.push(all);
     out
 }

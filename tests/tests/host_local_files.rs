@@ -256,9 +256,17 @@ fn modes_ignore_the_umask() {
 fn a_failure_after_reserving_releases_the_address() {
     let s = Scene::new();
     let c = conf(&s.data, json!({"subnet": "10.44.0.0/24"}));
-    // Writing last_reserved_ip needs its temporary name; a directory there
-    // makes that step fail after the address was linked.
-    fs::create_dir(s.store().join(".cnirs/last_reserved_ip.0.tmp")).unwrap();
+    // last_reserved_ip.N is written in place only while it is a file of
+    // its own: one with a second link is replaced through its temporary
+    // name, and a directory there makes that step fail after the address
+    // was linked.
+    let hinted = |set: usize| {
+        let name = s.store().join(format!("last_reserved_ip.{set}"));
+        fs::write(&name, "").unwrap();
+        fs::hard_link(&name, s.data.join(format!("other-link-{set}"))).unwrap();
+        fs::create_dir(s.store().join(format!(".cnirs/last_reserved_ip.{set}.tmp"))).unwrap();
+    };
+    hinted(0);
     let e = call("ADD", "c1", &c).run().error(5);
     assert!(
         e["msg"].as_str().unwrap().contains("last_reserved_ip"),
@@ -267,7 +275,7 @@ fn a_failure_after_reserving_releases_the_address() {
     assert!(cni_tests::reservations_in(&s.store()).is_empty());
     // A two-family ADD that fails in its second set releases the first.
     fs::remove_dir(s.store().join(".cnirs/last_reserved_ip.0.tmp")).unwrap();
-    fs::create_dir(s.store().join(".cnirs/last_reserved_ip.1.tmp")).unwrap();
+    hinted(1);
     let c2 = conf(
         &s.data,
         json!({"ranges": [[{"subnet": "10.44.0.0/24"}], [{"subnet": "fd44::/64"}]]}),
@@ -277,6 +285,41 @@ fn a_failure_after_reserving_releases_the_address() {
     fs::remove_dir(s.store().join(".cnirs/last_reserved_ip.1.tmp")).unwrap();
     call("ADD", "c2", &c2).run().success();
     assert_eq!(cni_tests::reservations_in(&s.store()).len(), 2);
+    // The other links were never written through.
+    for set in [0, 1] {
+        assert_eq!(
+            fs::read_to_string(s.data.join(format!("other-link-{set}"))).unwrap(),
+            ""
+        );
+    }
+}
+
+#[test]
+fn last_reserved_ip_is_written_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scene::new();
+    let c = conf(&s.data, json!({"subnet": "10.45.0.0/24"}));
+    let hint = s.store().join("last_reserved_ip.0");
+    let mut inodes = Vec::new();
+    // 10.45.0.2 ... 10.45.0.10: the value grows a byte.
+    for i in 2..=10 {
+        call("ADD", &format!("c{i}"), &c).run().success();
+        assert_eq!(fs::read_to_string(&hint).unwrap(), format!("10.45.0.{i}"));
+        inodes.push(fs::metadata(&hint).unwrap().ino());
+    }
+    fs::write(&hint, "10.45.0.100").unwrap();
+    call("ADD", "c11", &c).run().success();
+    assert_eq!(fs::read_to_string(&hint).unwrap(), "10.45.0.101");
+    inodes.push(fs::metadata(&hint).unwrap().ino());
+    // Round-robin wraps past the end to the first free address: a shorter
+    // value over a longer one.
+    fs::write(&hint, "10.45.0.254").unwrap();
+    call("ADD", "c12", &c).run().success();
+    assert_eq!(fs::read_to_string(&hint).unwrap(), "10.45.0.11");
+    inodes.push(fs::metadata(&hint).unwrap().ino());
+    inodes.dedup();
+    assert_eq!(inodes.len(), 1, "the hint was replaced, not overwritten");
+    cni_tests::assert_store_tidy(&s.store());
 }
 
 #[test]

@@ -160,3 +160,54 @@ fn run_enters_on_the_calling_thread_and_always_returns() {
     assert_eq!(a.sysctl("net.ipv4.ip_forward"), "1");
     assert_eq!(b.sysctl("net.ipv4.ip_forward"), "0");
 }
+
+#[test]
+fn forwarding_is_read_through_netconf_and_switched_on() {
+    use cni_kernel::netlink::NetConf;
+    let t = TestNs::new("fwd");
+    let ns = Netns::open(t.path()).unwrap();
+    let mut nl = ns.netlink().unwrap();
+    let forwarding = |nl: &mut cni_kernel::Netlink, family: i32| {
+        nl.netconf_all(family as u8)
+            .unwrap()
+            .expect("this kernel answers RTM_GETNETCONF")
+            .value(NetConf::FORWARDING)
+    };
+    assert_eq!(forwarding(&mut nl, nix::libc::AF_INET), Some(0));
+    assert_eq!(forwarding(&mut nl, nix::libc::AF_INET6), Some(0));
+    // IPv4 only: IPv6 stays as it was.
+    ns.run(|| sysctl::enable_forwarding(&mut nl, true, false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.sysctl("net.ipv4.ip_forward"), "1");
+    assert_eq!(t.sysctl("net.ipv6.conf.all.forwarding"), "0");
+    assert_eq!(forwarding(&mut nl, nix::libc::AF_INET), Some(1));
+    ns.run(|| sysctl::enable_forwarding(&mut nl, true, true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(forwarding(&mut nl, nix::libc::AF_INET6), Some(1));
+}
+
+#[test]
+fn a_links_ipv6_settings_come_with_it() {
+    let t = TestNs::new("v6c");
+    t.ip(&["link", "add", "v6a", "type", "veth", "peer", "name", "v6b"]);
+    let ns = Netns::open(t.path()).unwrap();
+    let mut nl = ns.netlink().unwrap();
+    let conf = nl.require_link("v6a").unwrap().ipv6.expect("inet6 conf");
+    assert_eq!((conf.accept_dad, conf.keep_addr_on_down), (1, 0));
+    ns.run(|| sysctl::prepare_container_iface_v6("v6a", false, Some(conf)))
+        .unwrap()
+        .unwrap();
+    let after = nl.require_link("v6a").unwrap().ipv6.unwrap();
+    assert_eq!(
+        (
+            after.disable_ipv6,
+            after.accept_dad,
+            after.keep_addr_on_down
+        ),
+        (0, 0, 1)
+    );
+    assert_eq!(t.sysctl("net.ipv6.conf.v6a.accept_dad"), "0");
+}

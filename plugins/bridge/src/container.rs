@@ -1,6 +1,7 @@
 //! The container side: the interface's sysctls, addresses, state and routes.
 
-use cni_kernel::{Link, Netlink, Netns, RouteSpec, sysctl};
+use cni_kernel::packet_route::address::AddressFlags;
+use cni_kernel::{Link, Netlink, Netns, RouteSpec, RtRequest, sysctl};
 use cni_types::{IpConfig, Route};
 
 use crate::error::Result;
@@ -19,21 +20,29 @@ pub struct Setup<'a> {
 pub fn configure(netns: &Netns, nl: &mut Netlink, s: &Setup) -> Result<Link> {
     let if_ = s.ifname;
     let has_v6 = s.ips.iter().any(|i| i.address.is_ipv6());
-    if has_v6 {
-        netns.run(|| sysctl::prepare_container_iface_v6(if_, s.enable_dad))??;
-    }
     let link = nl.require_link(if_)?;
+    if has_v6 {
+        let now = link.ipv6;
+        netns.run(|| sysctl::prepare_container_iface_v6(if_, s.enable_dad, now))??;
+    }
+    // One datagram, carried out in order; on failure the caller deletes
+    // the interface, and whatever was applied goes with it.
     // Neighbours learn the new MAC at once (gratuitous ARP on up).
-    nl.set_inet_conf(link.index, |c| c.arp_notify = 1)?;
+    let mut requests = vec![RtRequest::set_inet_conf(link.index, |c| c.arp_notify = 1)];
     for ip in s.ips {
-        nl.add_address(link.index, ip.address)?;
+        requests.push(RtRequest::add_address(
+            link.index,
+            ip.address,
+            AddressFlags::empty(),
+        ));
     }
     if s.up {
-        nl.set_link_up(link.index, true)?;
+        requests.push(RtRequest::set_link_up(link.index, true));
     }
     for r in s.routes {
-        nl.add_route(&route_spec(r, s.ips, link.index))?;
+        requests.push(RtRequest::add_route(&route_spec(r, s.ips, link.index))?);
     }
+    nl.execute_all(requests)?;
     Ok(link)
 }
 

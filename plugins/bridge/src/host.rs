@@ -162,10 +162,10 @@ pub fn ensure_gateways(
 }
 
 /// A gateway forwards: ip_forward for each family it serves.
-pub fn enable_forwarding(ips: &[IpConfig]) -> Result<()> {
+pub fn enable_forwarding(nl: &mut Netlink, ips: &[IpConfig]) -> Result<()> {
     let v4 = ips.iter().any(|i| i.address.is_ipv4());
     let v6 = ips.iter().any(|i| i.address.is_ipv6());
-    Ok(sysctl::enable_forwarding(v4, v6)?)
+    Ok(sysctl::enable_forwarding(nl, v4, v6)?)
 }
 
 /// The gateway of the family of `a` among `ips`.

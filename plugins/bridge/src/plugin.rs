@@ -151,7 +151,7 @@ fn add_steps(
     };
     if conf.is_gateway {
         host::ensure_gateways(nl, conf, &br, &result.ips)?;
-        host::enable_forwarding(&result.ips)?;
+        host::enable_forwarding(nl, &result.ips)?;
     }
     let masq: Vec<IpNetwork> = match conf.ip_masq {
         true => result.ips.iter().map(|i| i.address).collect(),

@@ -115,6 +115,32 @@ impl Dir {
         })
     }
 
+    /// Overwrite `name` in place with `bytes`, creating it if missing. A
+    /// rename over an existing file makes ext4 start writing the new one
+    /// out at once (its `auto_da_alloc`), about 0.3 ms per ADD; an
+    /// overwrite does not. Only a regular file with no other link is
+    /// written to: anything else (a symlink, a hard link, a FIFO) is
+    /// replaced whole by [`Dir::replace`]. For small hints only: a crash
+    /// mid-write can leave a mix of the old and new bytes.
+    pub fn overwrite(&self, name: &str, bytes: &[u8], scratch: &Dir, tmp: &str) -> io::Result<()> {
+        let opened = openat(
+            &self.fd,
+            name,
+            flags(OFlag::O_CREAT | OFlag::O_WRONLY),
+            Mode::from_bits_truncate(FILE_MODE),
+        );
+        if let Ok(fd) = opened {
+            let f = File::from(fd);
+            let meta = f.metadata()?;
+            if meta.is_file() && meta.nlink() == 1 {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(bytes, 0)?;
+                return f.set_len(bytes.len() as u64);
+            }
+        }
+        self.replace(name, bytes, scratch, tmp)
+    }
+
     /// Up to `cap` bytes of the regular file `name`; `None` if it does not exist.
     pub fn read(&self, name: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
         match openat(&self.fd, name, flags(OFlag::O_RDONLY), Mode::empty()) {

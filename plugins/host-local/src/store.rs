@@ -267,8 +267,9 @@ impl DiskStore {
 
     fn write_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), StoreError> {
         let name = format!("{LAST_RESERVED}{set}");
+        // A hint (where round-robin resumes), so written in place.
         self.dir
-            .replace(
+            .overwrite(
                 &name,
                 ip.to_string().as_bytes(),
                 &self.ours,

@@ -9,7 +9,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use rtnetlink::AddressMessageBuilder;
 
 use crate::error::Result;
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, RtRequest};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
@@ -53,6 +53,22 @@ fn message(index: u32, addr: IpNetwork) -> AddressMessage {
     msg
 }
 
+impl RtRequest {
+    /// Add an address, with `flags` (`Nodad`, `Noprefixroute`) if not
+    /// empty; EEXIST if the link already has it.
+    pub fn add_address(index: u32, addr: IpNetwork, flags: AddressFlags) -> RtRequest {
+        let mut msg = message(index, addr);
+        if !flags.is_empty() {
+            msg.attributes.push(AddressAttribute::Flags(flags));
+        }
+        RtRequest {
+            op: "add address",
+            msg: RouteNetlinkMessage::NewAddress(msg),
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+}
+
 impl Netlink {
     /// Addresses of one link (`Some(index)`) or of all links.
     pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>> {
@@ -70,8 +86,7 @@ impl Netlink {
 
     /// Add an address; EEXIST if the link already has it.
     pub fn add_address(&mut self, index: u32, addr: IpNetwork) -> Result<()> {
-        let msg = RouteNetlinkMessage::NewAddress(message(index, addr));
-        self.execute("add address", msg, NLM_F_CREATE | NLM_F_EXCL)
+        self.send(RtRequest::add_address(index, addr, AddressFlags::empty()))
     }
 
     /// Add an address that skips duplicate address detection (IPv6), so it
@@ -88,13 +103,7 @@ impl Netlink {
         addr: IpNetwork,
         flags: AddressFlags,
     ) -> Result<()> {
-        let mut msg = message(index, addr);
-        msg.attributes.push(AddressAttribute::Flags(flags));
-        self.execute(
-            "add address",
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.send(RtRequest::add_address(index, addr, flags))
     }
 
     pub fn del_address(&mut self, index: u32, addr: IpNetwork) -> Result<()> {

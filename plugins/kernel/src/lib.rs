@@ -23,7 +23,7 @@ pub mod teardown;
 pub use addr::Address;
 pub use error::KernelError;
 pub use link::Link;
-pub use netlink::Netlink;
+pub use netlink::{Netlink, RtRequest};
 pub use netns::Netns;
 pub use owner_chain::NftOwner;
 pub use route::RouteSpec;

@@ -14,7 +14,7 @@ use rtnetlink::{
 };
 
 use crate::error::{KernelError, Result};
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, RtRequest};
 
 /// What the plugins need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,17 @@ pub struct Link {
     pub peer: Option<u32>,
     /// IFLA_IFALIAS: free text; the plugins mark links they own with it.
     pub alias: Option<String>,
+    /// Its IPv6 settings, when the kernel reports them.
+    pub ipv6: Option<Ipv6Conf>,
+}
+
+/// The IPv6 settings of a link the plugins set up (its
+/// `net.ipv6.conf.<link>.*`), as RTM_NEWLINK reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    pub disable_ipv6: i32,
+    pub accept_dad: i32,
+    pub keep_addr_on_down: i32,
 }
 
 impl Link {
@@ -46,6 +57,7 @@ impl Link {
             controller: None,
             peer: None,
             alias: None,
+            ipv6: None,
         };
         for attr in m.attributes {
             match attr {
@@ -55,6 +67,22 @@ impl Link {
                 LinkAttribute::Controller(c) => link.controller = Some(c),
                 LinkAttribute::Link(p) => link.peer = Some(p),
                 LinkAttribute::IfAlias(a) => link.alias = Some(a),
+                LinkAttribute::AfSpecUnspec(specs) => {
+                    for spec in specs {
+                        let AfSpecUnspec::Inet6(v6) = spec else {
+                            continue;
+                        };
+                        for a in v6 {
+                            if let AfSpecInet6::DevConf(c) = a {
+                                link.ipv6 = Some(Ipv6Conf {
+                                    disable_ipv6: c.disable_ipv6,
+                                    accept_dad: c.accept_dad,
+                                    keep_addr_on_down: c.keep_addr_on_down,
+                                });
+                            }
+                        }
+                    }
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.into_iter().find_map(|i| match i {
                         LinkInfo::Kind(k) => Some(k),
@@ -80,6 +108,36 @@ impl Link {
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":")
+    }
+}
+
+impl RtRequest {
+    pub fn set_link_up(index: u32, up: bool) -> RtRequest {
+        let b = LinkUnspec::new_with_index(index);
+        let msg = if up { b.up() } else { b.down() }.build();
+        RtRequest {
+            op: "set link state",
+            msg: RouteNetlinkMessage::SetLink(msg),
+            flags: 0,
+        }
+    }
+
+    /// Set IPv4 settings of a link (its `net.ipv4.conf.<link>.*`) through
+    /// RTM_SETLINK (IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF) rather than
+    /// /proc/sys, whose look-ups slow down with every namespace on the
+    /// machine. Only the fields `set` makes non-zero are written.
+    pub fn set_inet_conf(index: u32, set: impl FnOnce(&mut InetDevConf)) -> RtRequest {
+        let mut conf = InetDevConf::default();
+        set(&mut conf);
+        let spec = AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)]);
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![spec]))
+            .build();
+        RtRequest {
+            op: "set ipv4 settings",
+            msg: RouteNetlinkMessage::SetLink(msg),
+            flags: 0,
+        }
     }
 }
 
@@ -123,9 +181,7 @@ impl Netlink {
     }
 
     pub fn set_link_up(&mut self, index: u32, up: bool) -> Result<()> {
-        let b = LinkUnspec::new_with_index(index);
-        let msg = if up { b.up() } else { b.down() }.build();
-        self.execute("set link state", RouteNetlinkMessage::SetLink(msg), 0)
+        self.send(RtRequest::set_link_up(index, up))
     }
 
     /// Create a link; fails with EEXIST if the name is taken.
@@ -168,6 +224,7 @@ impl Netlink {
     /// Create a veth pair whose `peer` end is born inside the namespace
     /// `peer_netns`, in one request: the container's interface name never
     /// exists in this namespace, where it could clash with a host interface.
+    /// Returns the new (host) end when the kernel echoes it.
     pub fn create_veth(
         &mut self,
         name: &str,
@@ -175,7 +232,7 @@ impl Netlink {
         peer_netns: BorrowedFd<'_>,
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
-    ) -> Result<()> {
+    ) -> Result<Option<Link>> {
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_netns.as_raw_fd());
         let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_owned());
@@ -189,7 +246,18 @@ impl Netlink {
         let msg = b
             .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
             .build();
-        self.create_link(msg)
+        let echoed = self.execute_echo(
+            "create link",
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        // The kernel's echo is the new link itself: no lookup needed.
+        Ok(echoed.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(m) => {
+                Some(Link::from_message(m)).filter(|l| l.name == name)
+            }
+            _ => None,
+        }))
     }
 
     /// Create a veth pair whose host end gets a fresh random name (`veth` and
@@ -207,7 +275,8 @@ impl Netlink {
             let b = random_bytes::<4>();
             let name = format!("veth{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3]);
             match self.create_veth(&name, peer, peer_netns, mtu, peer_mac) {
-                Ok(()) => return self.require_link(&name),
+                Ok(Some(link)) => return Ok(link),
+                Ok(None) => return self.require_link(&name),
                 Err(e) if e.errno() == Some(Errno::EEXIST) => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -215,18 +284,9 @@ impl Netlink {
         Err(last.expect("five attempts failed"))
     }
 
-    /// Set IPv4 settings of a link (its `net.ipv4.conf.<link>.*`) through
-    /// RTM_SETLINK (IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF) rather than
-    /// /proc/sys, whose look-ups slow down with every namespace on the
-    /// machine. Only the fields `set` makes non-zero are written.
+    /// See [`RtRequest::set_inet_conf`].
     pub fn set_inet_conf(&mut self, index: u32, set: impl FnOnce(&mut InetDevConf)) -> Result<()> {
-        let mut conf = InetDevConf::default();
-        set(&mut conf);
-        let spec = AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)]);
-        let msg = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![spec]))
-            .build();
-        self.execute("set ipv4 settings", RouteNetlinkMessage::SetLink(msg), 0)
+        self.send(RtRequest::set_inet_conf(index, set))
     }
 
     /// Set a link's alias (and bring it up) in one request.

@@ -9,10 +9,10 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
 
-use netlink_packet_core::{DecodeError, Emitable, Parseable};
+use netlink_packet_core::{DecodeError, DefaultNla, Emitable, NlasIterator, Parseable};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressMessage;
@@ -254,20 +254,52 @@ where
 }
 
 /// An rtnetlink message of the kinds we exchange: links, addresses and
-/// routes. Its codec handles those kinds only, so a plugin links their
-/// parsers and emitters and not those of every rtnetlink family (traffic
-/// control, neighbour tables, ...): about 100 KiB less code to map at
-/// every start. A reply of another kind is a decode error.
+/// routes, and a family's settings (netconf). Its codec handles those kinds
+/// only, so a plugin links their parsers and emitters and not those of
+/// every rtnetlink family (traffic control, neighbour tables, ...): about
+/// 100 KiB less code to map at every start. A reply of another kind is a
+/// decode error.
 #[derive(Debug)]
-pub struct Rt(pub RouteNetlinkMessage);
+pub enum Rt {
+    Route(RouteNetlinkMessage),
+    NetConf(NetConf),
+}
+
+/// RTM_GETNETCONF / RTM_NEWNETCONF, which netlink-packet-route lacks: a
+/// family's settings for one interface or for all (`net.ipv4.conf.all.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConf {
+    pub message_type: u16,
+    pub family: u8,
+    pub attributes: Vec<DefaultNla>,
+}
+
+impl NetConf {
+    /// NETCONFA_FORWARDING.
+    pub const FORWARDING: u16 = 2;
+
+    /// The value of a 32-bit attribute (they all are).
+    pub fn value(&self, kind: u16) -> Option<i32> {
+        use netlink_packet_core::Nla;
+        let nla = self.attributes.iter().find(|a| a.kind() == kind)?;
+        let mut bytes = [0u8; 4];
+        nla.emit_value(&mut bytes);
+        (nla.value_len() == 4).then(|| i32::from_ne_bytes(bytes))
+    }
+}
+
+pub const RTM_NEWNETCONF: u16 = 80;
+pub const RTM_GETNETCONF: u16 = 82;
+/// struct netconfmsg is one byte (the family), padded to four.
+const NETCONF_HEADER_LEN: usize = 4;
 
 impl Rt {
     fn new(op: &'static str, msg: RouteNetlinkMessage) -> Result<Rt> {
         use RouteNetlinkMessage as M;
         match msg {
-            M::NewLink(_) | M::DelLink(_) | M::GetLink(_) | M::SetLink(_) => Ok(Rt(msg)),
-            M::NewAddress(_) | M::DelAddress(_) | M::GetAddress(_) => Ok(Rt(msg)),
-            M::NewRoute(_) | M::DelRoute(_) | M::GetRoute(_) => Ok(Rt(msg)),
+            M::NewLink(_) | M::DelLink(_) | M::GetLink(_) | M::SetLink(_) => Ok(Rt::Route(msg)),
+            M::NewAddress(_) | M::DelAddress(_) | M::GetAddress(_) => Ok(Rt::Route(msg)),
+            M::NewRoute(_) | M::DelRoute(_) | M::GetRoute(_) => Ok(Rt::Route(msg)),
             other => Err(KernelError::Decode {
                 op,
                 detail: format!("unsupported rtnetlink request {:?}", other.message_type()),
@@ -278,27 +310,41 @@ impl Rt {
 
 impl NetlinkSerializable for Rt {
     fn message_type(&self) -> u16 {
-        self.0.message_type()
+        match self {
+            Rt::Route(m) => m.message_type(),
+            Rt::NetConf(c) => c.message_type,
+        }
     }
 
     fn buffer_len(&self) -> usize {
         use RouteNetlinkMessage as M;
-        match &self.0 {
-            M::NewLink(m) | M::DelLink(m) | M::GetLink(m) | M::SetLink(m) => m.buffer_len(),
-            M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m) => m.buffer_len(),
-            M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m) => m.buffer_len(),
+        match self {
+            Rt::Route(M::NewLink(m) | M::DelLink(m) | M::GetLink(m) | M::SetLink(m)) => {
+                m.buffer_len()
+            }
+            Rt::Route(M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m)) => m.buffer_len(),
+            Rt::Route(M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m)) => m.buffer_len(),
             // Not constructible (`Rt::new`).
-            _ => 0,
+            Rt::Route(_) => 0,
+            Rt::NetConf(c) => NETCONF_HEADER_LEN + c.attributes.as_slice().buffer_len(),
         }
     }
 
     fn serialize(&self, buffer: &mut [u8]) {
         use RouteNetlinkMessage as M;
-        match &self.0 {
-            M::NewLink(m) | M::DelLink(m) | M::GetLink(m) | M::SetLink(m) => m.emit(buffer),
-            M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m) => m.emit(buffer),
-            M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m) => m.emit(buffer),
-            _ => {}
+        match self {
+            Rt::Route(M::NewLink(m) | M::DelLink(m) | M::GetLink(m) | M::SetLink(m)) => {
+                m.emit(buffer)
+            }
+            Rt::Route(M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m)) => m.emit(buffer),
+            Rt::Route(M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m)) => m.emit(buffer),
+            Rt::Route(_) => {}
+            Rt::NetConf(c) => {
+                buffer[..NETCONF_HEADER_LEN].copy_from_slice(&[c.family, 0, 0, 0]);
+                c.attributes
+                    .as_slice()
+                    .emit(&mut buffer[NETCONF_HEADER_LEN..]);
+            }
         }
     }
 }
@@ -316,14 +362,47 @@ impl NetlinkDeserializable for Rt {
             21 => M::DelAddress(AddressMessage::parse(payload)?),
             24 => M::NewRoute(RouteMessage::parse(payload)?),
             25 => M::DelRoute(RouteMessage::parse(payload)?),
+            RTM_NEWNETCONF => {
+                let (Some(&family), Some(rest)) =
+                    (payload.first(), payload.get(NETCONF_HEADER_LEN..))
+                else {
+                    return Err(DecodeError::from("netconf message too short"));
+                };
+                let mut attributes = Vec::new();
+                for nla in NlasIterator::new(rest) {
+                    attributes.push(DefaultNla::parse(&nla?)?);
+                }
+                return Ok(Rt::NetConf(NetConf {
+                    message_type: RTM_NEWNETCONF,
+                    family,
+                    attributes,
+                }));
+            }
             other => {
                 return Err(DecodeError::from(format!(
                     "unexpected rtnetlink message type {other}"
                 )));
             }
         };
-        Ok(Rt(msg))
+        Ok(Rt::Route(msg))
     }
+}
+
+fn route_messages(messages: Vec<Rt>) -> impl Iterator<Item = RouteNetlinkMessage> {
+    messages.into_iter().filter_map(|m| match m {
+        Rt::Route(m) => Some(m),
+        Rt::NetConf(_) => None,
+    })
+}
+
+/// One state-changing rtnetlink request: what it is called in errors, the
+/// message, and its extra flags (NLM_F_CREATE, NLM_F_EXCL, ...). Built by
+/// the constructors beside each kind of object (link, addr, route).
+#[derive(Debug)]
+pub struct RtRequest {
+    pub op: &'static str,
+    pub msg: RouteNetlinkMessage,
+    pub flags: u16,
 }
 
 /// The rtnetlink socket: requests built with `rtnetlink`'s message types.
@@ -352,6 +431,60 @@ impl Netlink {
             .map_err(|f| f.into_kernel(op))
     }
 
+    /// Like [`Netlink::execute`], asking the kernel to echo the object it
+    /// made (NLM_F_ECHO): what it sends back, if anything (kernels before
+    /// 6.3 do not echo a new link).
+    pub fn execute_echo(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.socket
+            .request(
+                Rt::new(op, msg)?,
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | flags,
+            )
+            .map(|r| route_messages(r.messages).collect())
+            .map_err(|f| f.into_kernel(op))
+    }
+
+    /// Send `requests` together in one datagram: the kernel carries them
+    /// out in order within the one `send`, and its acknowledgement of the
+    /// last (or the first refusal) is read back. A refusal does not stop
+    /// the requests after it, so this is for steps whose failure is undone
+    /// as a whole (an interface that is deleted on failure).
+    pub fn execute_all(&mut self, requests: Vec<RtRequest>) -> Result<()> {
+        let Some(n) = u32::try_from(requests.len()).ok().filter(|n| *n > 0) else {
+            return Ok(());
+        };
+        let first = self.socket.reserve_seq(n);
+        let last = first.wrapping_add(n - 1);
+        let mut datagram = Vec::new();
+        let mut ops = Vec::with_capacity(requests.len());
+        for (seq, r) in (first..).zip(requests) {
+            // Refusals are always answered; only the last asks for an ack.
+            let ack = if seq == last { NLM_F_ACK } else { 0 };
+            let msg = Rt::new(r.op, r.msg)?;
+            Socket::encode(&mut datagram, msg, NLM_F_REQUEST | ack | r.flags, seq);
+            ops.push(r.op);
+        }
+        self.socket
+            .send_batch(&datagram, first, last)
+            .map_err(|f| match f {
+                Failure::Refused { seq, .. } => {
+                    let op = ops[seq.wrapping_sub(first) as usize];
+                    f.into_kernel(op)
+                }
+                f => f.into_kernel(ops[0]),
+            })
+    }
+
+    /// Send one request and wait for its acknowledgement.
+    pub fn send(&mut self, r: RtRequest) -> Result<()> {
+        self.execute(r.op, r.msg, r.flags)
+    }
+
     /// Send a dump request and collect every reply.
     pub fn dump(
         &mut self,
@@ -360,8 +493,32 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>> {
         self.socket
             .request(Rt::new(op, msg)?, NLM_F_REQUEST | NLM_F_DUMP)
-            .map(|r| r.messages.into_iter().map(|m| m.0).collect())
+            .map(|r| route_messages(r.messages).collect())
             .map_err(|f| f.into_kernel(op))
+    }
+
+    /// A family's settings for all interfaces (`net.ipv4.conf.all.*`, which
+    /// is also `net.ipv4.ip_forward`), or `None` where the kernel does not
+    /// answer RTM_GETNETCONF.
+    pub fn netconf_all(&mut self, family: u8) -> Result<Option<NetConf>> {
+        // NETCONFA_IFINDEX = NETCONFA_IFINDEX_ALL (-1).
+        let req = NetConf {
+            message_type: RTM_GETNETCONF,
+            family,
+            attributes: vec![DefaultNla::new(1, (-1i32).to_ne_bytes().to_vec())],
+        };
+        match self.socket.request(Rt::NetConf(req), NLM_F_REQUEST) {
+            Ok(r) => Ok(r.messages.into_iter().find_map(|m| match m {
+                Rt::NetConf(c) => Some(c),
+                Rt::Route(_) => None,
+            })),
+            Err(Failure::Refused { errno, .. })
+                if errno.raw_os_error() == Some(nix::libc::EOPNOTSUPP) =>
+            {
+                Ok(None)
+            }
+            Err(f) => Err(f.into_kernel("get netconf")),
+        }
     }
 
     /// Send a request that answers with one object (a GET by name or index).
@@ -372,7 +529,7 @@ impl Netlink {
     ) -> Result<Option<RouteNetlinkMessage>> {
         self.socket
             .request(Rt::new(op, msg)?, NLM_F_REQUEST)
-            .map(|r| r.messages.into_iter().next().map(|m| m.0))
+            .map(|r| route_messages(r.messages).next())
             .map_err(|f| f.into_kernel(op))
     }
 }

@@ -12,7 +12,7 @@ use netlink_packet_route::route::{
 use rtnetlink::RouteMessageBuilder;
 
 use crate::error::{KernelError, Result};
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, RtRequest};
 
 /// A route as the plugins install and check it (the CNI 1.1 route fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,10 +145,20 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+impl RtRequest {
+    /// Add a route; EEXIST if there is one to the same destination.
+    pub fn add_route(route: &RouteSpec) -> Result<RtRequest> {
+        Ok(RtRequest {
+            op: "add route",
+            msg: RouteNetlinkMessage::NewRoute(route.to_message()?),
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+        })
+    }
+}
+
 impl Netlink {
     pub fn add_route(&mut self, route: &RouteSpec) -> Result<()> {
-        let msg = RouteNetlinkMessage::NewRoute(route.to_message()?);
-        self.execute("add route", msg, NLM_F_CREATE | NLM_F_EXCL)
+        self.send(RtRequest::add_route(route)?)
     }
 
     pub fn del_route(&mut self, route: &RouteSpec) -> Result<()> {

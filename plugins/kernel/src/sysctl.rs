@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use crate::error::{KernelError, Result};
+use crate::link::Ipv6Conf;
+use crate::netlink::{NetConf, Netlink};
 
 /// `net.ipv4.ip_forward` or `net/ipv4/ip_forward`. Interface names may hold
 /// dots, so a key with slashes is taken as it is.
@@ -36,28 +38,67 @@ pub fn write(key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// Write `value` where the kernel already said what is set (`now`), with
+/// no read first; where it did not, as [`write`] does.
+fn set(key: &str, value: i32, now: Option<i32>) -> Result<()> {
+    match now {
+        Some(v) if v == value => Ok(()),
+        Some(_) => {
+            std::fs::write(path(key), value.to_string()).map_err(|source| KernelError::Sysctl {
+                key: key.to_owned(),
+                source,
+            })
+        }
+        None => write(key, &value.to_string()),
+    }
+}
+
 /// A container interface's IPv6 settings, before its addresses: IPv6 on,
 /// addresses kept while down, and unless `dad`, no duplicate address
 /// detection (the address is usable at once instead of after about a
-/// second). The kernel has no netlink setter for these; its IPv4 settings
-/// go through [`crate::Netlink::set_inet_conf`].
-pub fn prepare_container_iface_v6(ifname: &str, dad: bool) -> Result<()> {
-    write(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-    write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1")?;
+/// second). `now` is what the link's RTM_NEWLINK said is set, which saves
+/// reading each one first. The kernel has no netlink setter for these; its
+/// IPv4 settings go through [`crate::Netlink::set_inet_conf`].
+pub fn prepare_container_iface_v6(ifname: &str, dad: bool, now: Option<Ipv6Conf>) -> Result<()> {
+    let key = |k: &str| format!("net/ipv6/conf/{ifname}/{k}");
+    set(&key("disable_ipv6"), 0, now.map(|c| c.disable_ipv6))?;
+    set(
+        &key("keep_addr_on_down"),
+        1,
+        now.map(|c| c.keep_addr_on_down),
+    )?;
     if !dad {
-        write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        set(&key("accept_dad"), 0, now.map(|c| c.accept_dad))?;
     }
     Ok(())
 }
 
-/// Forwarding on for the families a gateway serves (the calling thread's
-/// namespace).
-pub fn enable_forwarding(v4: bool, v6: bool) -> Result<()> {
-    if v4 {
-        write("net/ipv4/ip_forward", "1")?;
-    }
-    if v6 {
-        write("net/ipv6/conf/all/forwarding", "1")?;
+/// Duplicate address detection off for a link's IPv6 addresses (its
+/// link-local one too), before it is up.
+pub fn no_dad(ifname: &str, now: Option<Ipv6Conf>) -> Result<()> {
+    set(
+        &format!("net/ipv6/conf/{ifname}/accept_dad"),
+        0,
+        now.map(|c| c.accept_dad),
+    )
+}
+
+/// Forwarding on for the families a gateway serves, in the namespace of
+/// `nl`, which is the calling thread's. Whether it is on already comes
+/// from RTM_GETNETCONF: reading /proc/sys costs a look-up that slows down
+/// with every namespace on the machine.
+pub fn enable_forwarding(nl: &mut Netlink, v4: bool, v6: bool) -> Result<()> {
+    let families = [
+        (v4, nix::libc::AF_INET, "net/ipv4/ip_forward"),
+        (v6, nix::libc::AF_INET6, "net/ipv6/conf/all/forwarding"),
+    ];
+    for (_, family, key) in families.into_iter().filter(|f| f.0) {
+        let now = nl
+            .netconf_all(family as u8)
+            .ok()
+            .flatten()
+            .and_then(|c| c.value(NetConf::FORWARDING));
+        set(key, 1, now)?;
     }
     Ok(())
 }

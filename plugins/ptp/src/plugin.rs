@@ -5,7 +5,7 @@ use std::path::Path;
 use cni_kernel::packet_route::address::AddressFlags;
 use cni_kernel::packet_route::link::InfoKind;
 use cni_kernel::{
-    Link, Netlink, Netns, NftOwner, RouteSpec, masquerade, owner_chain, sysctl, teardown,
+    Link, Netlink, Netns, NftOwner, RouteSpec, RtRequest, masquerade, owner_chain, sysctl, teardown,
 };
 use cni_types::invoke::delegate_target;
 use cni_types::{CniError, CniResult, Code, Command, Interface, IpConfig, Plugin, Request};
@@ -128,7 +128,7 @@ fn add_steps(
     // is up, or the first IPv6 packet to the container waits a second for a
     // neighbour solicitation the kernel holds back (see bridge).
     if has_v6 {
-        sysctl::write(&format!("net/ipv6/conf/{}/accept_dad", host.name), "0")?;
+        sysctl::no_dad(&host.name, host.ipv6)?;
     }
     nl.set_alias_up(
         host.index,
@@ -147,7 +147,7 @@ fn add_steps(
             other => other?,
         }
     }
-    sysctl::enable_forwarding(has_v4, has_v6)?;
+    sysctl::enable_forwarding(nl, has_v4, has_v6)?;
 
     let cont = configure_container(netns, &mut cnl, ifname, &ips, &r.routes)?;
     if conf.ip_masq {
@@ -178,23 +178,27 @@ fn configure_container(
     ips: &[IpConfig],
     result_routes: &[cni_types::Route],
 ) -> Result<Link> {
-    if ips.iter().any(|i| i.address.is_ipv6()) {
-        netns.run(|| sysctl::prepare_container_iface_v6(ifname, false))??;
-    }
     let link = nl.require_link(ifname)?;
+    if ips.iter().any(|i| i.address.is_ipv6()) {
+        let now = link.ipv6;
+        netns.run(|| sysctl::prepare_container_iface_v6(ifname, false, now))??;
+    }
+    // One datagram, carried out in order; on failure the pair is deleted,
+    // and whatever was applied goes with it.
     // Neighbours learn the new MAC at once (gratuitous ARP on up).
-    nl.set_inet_conf(link.index, |c| c.arp_notify = 1)?;
+    let mut requests = vec![RtRequest::set_inet_conf(link.index, |c| c.arp_notify = 1)];
     for ip in ips {
         let mut flags = AddressFlags::Noprefixroute;
         if ip.address.is_ipv6() {
             flags |= AddressFlags::Nodad;
         }
-        nl.add_address_with(link.index, ip.address, flags)?;
+        requests.push(RtRequest::add_address(link.index, ip.address, flags));
     }
-    nl.set_link_up(link.index, true)?;
+    requests.push(RtRequest::set_link_up(link.index, true));
     for r in routes::container_routes(ips, result_routes, link.index)? {
-        nl.add_route(&r)?;
+        requests.push(RtRequest::add_route(&r)?);
     }
+    nl.execute_all(requests)?;
     Ok(link)
 }
 
