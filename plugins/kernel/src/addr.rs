@@ -72,9 +72,11 @@ impl RtRequest {
 impl Netlink {
     /// Addresses of one link (`Some(index)`) or of all links.
     pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>> {
-        let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        let mut req = AddressMessage::default();
+        req.header.index = index.unwrap_or(0);
+        let req = RouteNetlinkMessage::GetAddress(req);
         Ok(self
-            .dump("list addresses", req)?
+            .dump_filtered("list addresses", req)?
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(m) => Address::from_message(m),

@@ -85,6 +85,12 @@ where
         })
     }
 
+    /// Strict checking of requests (NETLINK_GET_STRICT_CHK), which also
+    /// makes the kernel filter dumps by the request's fields.
+    pub fn set_strict(&self, on: bool) -> io::Result<()> {
+        self.socket.set_netlink_get_strict_chk(on)
+    }
+
     /// The next `n` sequence numbers; returns the first.
     pub fn reserve_seq(&mut self, n: u32) -> u32 {
         let first = self.seq.wrapping_add(1);
@@ -447,6 +453,26 @@ impl Netlink {
             )
             .map(|r| route_messages(r.messages).collect())
             .map_err(|f| f.into_kernel(op))
+    }
+
+    /// Send a dump request that the kernel filters by the fields it sets
+    /// (NETLINK_GET_STRICT_CHK: e.g. one link's addresses instead of every
+    /// address on the machine). Older kernels ignore the filter and answer
+    /// everything, so callers filter too.
+    pub fn dump_filtered(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let strict = self.socket.set_strict(true).is_ok();
+        let out = self.dump(op, msg);
+        if strict {
+            // Later requests are not written for strict checking.
+            self.socket
+                .set_strict(false)
+                .map_err(|source| KernelError::Netlink { op, source })?;
+        }
+        out
     }
 
     /// Send `requests` together in one datagram: the kernel carries them
