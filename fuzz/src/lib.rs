@@ -107,24 +107,32 @@ pub fn conditions(data: &[u8]) {
 }
 
 /// A datagram of rtnetlink replies, and our reading of the links and
-/// netconf settings in it.
+/// netconf settings in it. Each link message is also parsed in full by
+/// netlink-packet-route: where both readings succeed, they must agree.
 pub fn rtnetlink(data: &[u8]) {
     use cni_kernel::netlink::{Rt, Socket};
-    use netlink_packet_core::NetlinkPayload;
-    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_core::{NetlinkBuffer, NetlinkPayload, Parseable};
+    use netlink_packet_route::link::LinkMessage;
     let Ok(messages) = Socket::<Rt>::decode(data) else {
         return;
     };
+    let mut offset = 0;
     for m in messages {
+        let len = m.header.length as usize;
         match m.payload {
-            NetlinkPayload::InnerMessage(Rt::Route(RouteNetlinkMessage::NewLink(l))) => {
-                let _ = cni_kernel::Link::from_message(l);
+            NetlinkPayload::InnerMessage(Rt::Link(ours)) => {
+                let raw = data.get(offset..offset + len).map(NetlinkBuffer::new);
+                if let Some(Ok(full)) = raw.map(|r| LinkMessage::parse(r.payload())) {
+                    let theirs = cni_kernel::Link::from_message(full);
+                    assert_eq!(ours, theirs, "the two readings of a link differ");
+                }
             }
             NetlinkPayload::InnerMessage(Rt::NetConf(c)) => {
                 let _ = c.value(cni_kernel::netlink::NetConf::FORWARDING);
             }
             _ => {}
         }
+        offset += len.next_multiple_of(4);
     }
 }
 

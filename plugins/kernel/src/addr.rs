@@ -9,7 +9,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use rtnetlink::AddressMessageBuilder;
 
 use crate::error::Result;
-use crate::netlink::{Netlink, RtRequest};
+use crate::netlink::{Netlink, Rt, RtRequest};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
@@ -79,7 +79,7 @@ impl Netlink {
             .dump_filtered("list addresses", req)?
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(m) => Address::from_message(m),
+                Rt::Route(RouteNetlinkMessage::NewAddress(m)) => Address::from_message(m),
                 _ => None,
             })
             .filter(|a| index.is_none_or(|i| a.index == i))

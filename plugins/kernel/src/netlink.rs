@@ -16,12 +16,12 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::route::RouteMessage;
 use netlink_sys::{SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::error::{KernelError, Result};
+use crate::link::Link;
 
 /// NLM_F_DUMP_INTR: the dump was interrupted by a concurrent change.
 const NLM_F_DUMP_INTR: u16 = 0x10;
@@ -267,7 +267,10 @@ where
 /// decode error.
 #[derive(Debug)]
 pub enum Rt {
+    /// A request, or an address or route reply.
     Route(RouteNetlinkMessage),
+    /// A link reply (RTM_NEWLINK), read by [`Link::parse`].
+    Link(Link),
     NetConf(NetConf),
 }
 
@@ -288,9 +291,12 @@ impl NetConf {
     pub fn value(&self, kind: u16) -> Option<i32> {
         use netlink_packet_core::Nla;
         let nla = self.attributes.iter().find(|a| a.kind() == kind)?;
+        if nla.value_len() != 4 {
+            return None;
+        }
         let mut bytes = [0u8; 4];
         nla.emit_value(&mut bytes);
-        (nla.value_len() == 4).then(|| i32::from_ne_bytes(bytes))
+        Some(i32::from_ne_bytes(bytes))
     }
 }
 
@@ -318,6 +324,7 @@ impl NetlinkSerializable for Rt {
     fn message_type(&self) -> u16 {
         match self {
             Rt::Route(m) => m.message_type(),
+            Rt::Link(_) => 16,
             Rt::NetConf(c) => c.message_type,
         }
     }
@@ -330,8 +337,8 @@ impl NetlinkSerializable for Rt {
             }
             Rt::Route(M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m)) => m.buffer_len(),
             Rt::Route(M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m)) => m.buffer_len(),
-            // Not constructible (`Rt::new`).
-            Rt::Route(_) => 0,
+            // Not constructible (`Rt::new`), or replies only.
+            Rt::Route(_) | Rt::Link(_) => 0,
             Rt::NetConf(c) => NETCONF_HEADER_LEN + c.attributes.as_slice().buffer_len(),
         }
     }
@@ -344,7 +351,7 @@ impl NetlinkSerializable for Rt {
             }
             Rt::Route(M::NewAddress(m) | M::DelAddress(m) | M::GetAddress(m)) => m.emit(buffer),
             Rt::Route(M::NewRoute(m) | M::DelRoute(m) | M::GetRoute(m)) => m.emit(buffer),
-            Rt::Route(_) => {}
+            Rt::Route(_) | Rt::Link(_) => {}
             Rt::NetConf(c) => {
                 buffer[..NETCONF_HEADER_LEN].copy_from_slice(&[c.family, 0, 0, 0]);
                 c.attributes
@@ -362,8 +369,7 @@ impl NetlinkDeserializable for Rt {
         use RouteNetlinkMessage as M;
         // RTM_* message types (linux/rtnetlink.h).
         let msg = match header.message_type {
-            16 => M::NewLink(LinkMessage::parse(payload)?),
-            17 => M::DelLink(LinkMessage::parse(payload)?),
+            16 => return Ok(Rt::Link(Link::parse(payload)?)),
             20 => M::NewAddress(AddressMessage::parse(payload)?),
             21 => M::DelAddress(AddressMessage::parse(payload)?),
             24 => M::NewRoute(RouteMessage::parse(payload)?),
@@ -392,13 +398,6 @@ impl NetlinkDeserializable for Rt {
         };
         Ok(Rt::Route(msg))
     }
-}
-
-fn route_messages(messages: Vec<Rt>) -> impl Iterator<Item = RouteNetlinkMessage> {
-    messages.into_iter().filter_map(|m| match m {
-        Rt::Route(m) => Some(m),
-        Rt::NetConf(_) => None,
-    })
 }
 
 /// One state-changing rtnetlink request: what it is called in errors, the
@@ -445,13 +444,13 @@ impl Netlink {
         op: &'static str,
         msg: RouteNetlinkMessage,
         flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    ) -> Result<Vec<Rt>> {
         self.socket
             .request(
                 Rt::new(op, msg)?,
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | flags,
             )
-            .map(|r| route_messages(r.messages).collect())
+            .map(|r| r.messages)
             .map_err(|f| f.into_kernel(op))
     }
 
@@ -459,11 +458,7 @@ impl Netlink {
     /// (NETLINK_GET_STRICT_CHK: e.g. one link's addresses instead of every
     /// address on the machine). Older kernels ignore the filter and answer
     /// everything, so callers filter too.
-    pub fn dump_filtered(
-        &mut self,
-        op: &'static str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump_filtered(&mut self, op: &'static str, msg: RouteNetlinkMessage) -> Result<Vec<Rt>> {
         let strict = self.socket.set_strict(true).is_ok();
         let out = self.dump(op, msg);
         if strict {
@@ -512,14 +507,10 @@ impl Netlink {
     }
 
     /// Send a dump request and collect every reply.
-    pub fn dump(
-        &mut self,
-        op: &'static str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump(&mut self, op: &'static str, msg: RouteNetlinkMessage) -> Result<Vec<Rt>> {
         self.socket
             .request(Rt::new(op, msg)?, NLM_F_REQUEST | NLM_F_DUMP)
-            .map(|r| route_messages(r.messages).collect())
+            .map(|r| r.messages)
             .map_err(|f| f.into_kernel(op))
     }
 
@@ -536,7 +527,7 @@ impl Netlink {
         match self.socket.request(Rt::NetConf(req), NLM_F_REQUEST) {
             Ok(r) => Ok(r.messages.into_iter().find_map(|m| match m {
                 Rt::NetConf(c) => Some(c),
-                Rt::Route(_) => None,
+                _ => None,
             })),
             Err(Failure::Refused { errno, .. })
                 if errno.raw_os_error() == Some(nix::libc::EOPNOTSUPP) =>
@@ -548,14 +539,10 @@ impl Netlink {
     }
 
     /// Send a request that answers with one object (a GET by name or index).
-    pub fn get(
-        &mut self,
-        op: &'static str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Option<RouteNetlinkMessage>> {
+    pub fn get(&mut self, op: &'static str, msg: RouteNetlinkMessage) -> Result<Option<Rt>> {
         self.socket
             .request(Rt::new(op, msg)?, NLM_F_REQUEST)
-            .map(|r| route_messages(r.messages).next())
+            .map(|r| r.messages.into_iter().next())
             .map_err(|f| f.into_kernel(op))
     }
 }

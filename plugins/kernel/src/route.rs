@@ -12,7 +12,7 @@ use netlink_packet_route::route::{
 use rtnetlink::RouteMessageBuilder;
 
 use crate::error::{KernelError, Result};
-use crate::netlink::{Netlink, RtRequest};
+use crate::netlink::{Netlink, Rt, RtRequest};
 
 /// A route as the plugins install and check it (the CNI 1.1 route fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,10 +193,12 @@ impl Netlink {
             r => r?,
         };
         Ok(match reply {
-            Some(RouteNetlinkMessage::NewRoute(m)) => m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            }),
+            Some(Rt::Route(RouteNetlinkMessage::NewRoute(m))) => {
+                m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            }
             _ => None,
         })
     }
@@ -208,7 +210,7 @@ impl Netlink {
             let mut req = RouteMessage::default();
             req.header.address_family = family;
             for m in self.dump("list routes", RouteNetlinkMessage::GetRoute(req))? {
-                if let RouteNetlinkMessage::NewRoute(m) = m {
+                if let Rt::Route(RouteNetlinkMessage::NewRoute(m)) = m {
                     out.extend(RouteSpec::from_message(&m));
                 }
             }
