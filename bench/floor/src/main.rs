@@ -8,6 +8,10 @@
 
 use cni_types::{CniError, Command, Env, Plugin, Request};
 
+// The plugins' allocator, so the floor differs from them only in processes.
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn request(env: &Env, conf: &[u8]) -> Result<Request, CniError> {
     Request::parse(env.clone(), conf.to_vec())
 }
