@@ -580,6 +580,23 @@ fn ipam_failure_rolls_back_the_veth() {
 }
 
 #[test]
+fn a_refused_container_route_rolls_back_everything() {
+    let w = World::new();
+    // The container's settings, address, up and routes go to the kernel in
+    // one datagram; a route through an unreachable gateway is refused there,
+    // after IPAM and the pair.
+    let mut c = w.conf("1.0.0", json!({}));
+    c["ipam"]["routes"] = json!([{"dst": "192.168.0.0/16", "gw": "172.31.9.9"}]);
+    let a = Netns::new("bra");
+    let e = w.call("ADD", "ctr-a", &c).netns(&a).run();
+    assert!(!e.ok(), "{}", e.stdout());
+    assert!(e.stdout().contains("add route"), "{}", e.stdout());
+    assert!(w.links_of_type("veth").is_empty());
+    assert_eq!(a.link_names(), ["lo"]);
+    assert_eq!(w.reservations(), 0);
+}
+
+#[test]
 fn layer2_only_and_disabled_container_interface() {
     let w = World::new();
     let a = Netns::new("bra");

@@ -335,6 +335,9 @@ fn a_failed_add_rolls_back_everything() {
     c["ipam"]["routes"] = json!([{"dst": "192.168.0.0/16", "gw": "172.31.9.9"}]);
     let e = w.call("ADD", "ctr-a", &c).netns(&a).run();
     assert!(!e.ok(), "{}", e.stdout());
+    // The container's requests go in one datagram; the refusal still names
+    // the request it refused.
+    assert!(e.stdout().contains("add route"), "{}", e.stdout());
     assert!(w.veths().is_empty());
     assert_eq!(a.link_names(), ["lo"]);
     assert_eq!(w.reservations(), 0);
