@@ -78,13 +78,12 @@ impl Ipv6Conf {
 }
 
 impl Link {
-    /// What a fully parsed RTM_NEWLINK message says: the reference for
-    /// [`Link::parse`] in the fuzz target.
-    pub fn from_message(m: LinkMessage) -> Link {
-        let mut link = Link {
-            index: m.header.index,
+    /// A link known by its index and flags only, before its attributes.
+    fn bare(index: u32, flags: LinkFlags) -> Link {
+        Link {
+            index,
             name: String::new(),
-            flags: m.header.flags,
+            flags,
             mtu: None,
             mac: None,
             kind: None,
@@ -92,7 +91,13 @@ impl Link {
             peer: None,
             alias: None,
             ipv6: None,
-        };
+        }
+    }
+
+    /// What a fully parsed RTM_NEWLINK message says: the reference for
+    /// [`Link::parse`] in the fuzz target.
+    pub fn from_message(m: LinkMessage) -> Link {
+        let mut link = Link::bare(m.header.index, m.header.flags);
         for attr in m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n,
@@ -142,18 +147,7 @@ impl Link {
             return Err(DecodeError::from("link message too short"));
         };
         let word = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-        let mut link = Link {
-            index: word(4),
-            name: String::new(),
-            flags: LinkFlags::from_bits_retain(word(8)),
-            mtu: None,
-            mac: None,
-            kind: None,
-            controller: None,
-            peer: None,
-            alias: None,
-            ipv6: None,
-        };
+        let mut link = Link::bare(word(4), LinkFlags::from_bits_retain(word(8)));
         for nla in NlasIterator::new(&payload[HEADER..]) {
             let nla = nla?;
             let value = nla.value();
