@@ -26,7 +26,7 @@ fn random_mac() -> [u8; 6] {
 /// forwarded or DNATed traffic: the first IPv6 connection to a container
 /// waits a second for the retry. Without IPv6 there is nothing to set.
 fn no_dad(bridge: &str) -> Result<()> {
-    match sysctl::write(&format!("net/ipv6/conf/{bridge}/accept_dad"), "0") {
+    match sysctl::no_dad(bridge, None) {
         Err(e) if !e.is_not_found() => Err(e.into()),
         _ => Ok(()),
     }

@@ -32,10 +32,7 @@ pub fn write(key: &str, value: &str) -> Result<()> {
     if read(key).is_ok_and(|v| v == value) {
         return Ok(());
     }
-    std::fs::write(path(key), value).map_err(|source| KernelError::Sysctl {
-        key: key.to_owned(),
-        source,
-    })
+    put(key, value)
 }
 
 /// Write `value` where the kernel already said what is set (`now`), with
@@ -43,14 +40,16 @@ pub fn write(key: &str, value: &str) -> Result<()> {
 fn set(key: &str, value: i32, now: Option<i32>) -> Result<()> {
     match now {
         Some(v) if v == value => Ok(()),
-        Some(_) => {
-            std::fs::write(path(key), value.to_string()).map_err(|source| KernelError::Sysctl {
-                key: key.to_owned(),
-                source,
-            })
-        }
+        Some(_) => put(key, &value.to_string()),
         None => write(key, &value.to_string()),
     }
+}
+
+fn put(key: &str, value: &str) -> Result<()> {
+    std::fs::write(path(key), value).map_err(|source| KernelError::Sysctl {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// A container interface's IPv6 settings, before its addresses: IPv6 on,
